@@ -1,0 +1,183 @@
+"""The `fkt` command. User mistakes end in one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fkt.errors import UserError
+
+EXIT_USER = 2
+EXIT_NONFINITE = 3
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        self.exit(EXIT_USER, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def repo_configs() -> list[Path]:
+    here = Path(__file__).resolve()
+    return [Path.cwd() / "configs", here.parents[2] / "configs"]
+
+
+def find_preset(name: str) -> Path:
+    """A preset by name (`quick`) or path (`configs/quick.yaml`)."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise UserError(f"--config {name}: no such file")
+        return path
+    for folder in repo_configs():
+        for candidate in (folder / f"{name}.yaml", folder / "paper" / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    known = sorted({p.stem for f in repo_configs() if f.is_dir() for p in f.rglob("*.yaml")})
+    raise UserError(f"--preset {name}: unknown preset; known: {', '.join(known) or 'none'}")
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags that map onto config fields (None = keep the file's or the default value)."""
+    p.add_argument("--config", "--preset", dest="config", help="YAML preset (name or path)")
+    p.add_argument("--method", dest="method.name", choices=["supervised", "representational", "functional"])
+    p.add_argument("--dataset", dest="data.dataset")
+    p.add_argument("--data-root", dest="data.root", type=Path)
+    p.add_argument("--image-size", dest="data.image_size", type=int)
+    p.add_argument("--limit-train", dest="data.limit_train", type=int)
+    p.add_argument("--batch-size", dest="data.batch_size", type=int)
+    p.add_argument("--num-workers", dest="data.num_workers", type=int)
+    p.add_argument("--backbone", dest="model.backbone")
+    p.add_argument("--stem", dest="model.stem", choices=["imagenet", "small"])
+    p.add_argument("--pretrained-weights", dest="model.pretrained_weights", type=Path)
+    p.add_argument("--epochs", dest="trainer.epochs", type=int)
+    p.add_argument("--pretrain-epochs", dest="trainer.pretrain_epochs", type=int)
+    p.add_argument("--finetune", dest="method.finetune", choices=["full", "linear"])
+    p.add_argument("--classifier-input", dest="method.classifier_input", choices=["clean", "view"])
+    p.add_argument("--lambda", dest="method.lambda_ce", type=float)
+    p.add_argument("--temperature", dest="method.temperature", type=float)
+    p.add_argument("--accelerator", dest="trainer.accelerator")
+    p.add_argument("--devices", dest="trainer.devices")
+    p.add_argument("--num-nodes", dest="trainer.num_nodes", type=int)
+    p.add_argument("--strategy", dest="trainer.strategy")
+    p.add_argument("--precision", dest="trainer.precision")
+    p.add_argument("--seed", dest="seed", type=int)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, e.g. --set optim.supervised.lr=0.1")
+    p.add_argument("--no-progress", dest="trainer.progress_bar", action="store_const", const=False)
+
+
+def config_from_args(args: argparse.Namespace):
+    from fkt.config import resolve
+
+    overrides = {k: v for k, v in vars(args).items() if "." in k or k == "seed"}
+    devices = overrides.get("trainer.devices")
+    if isinstance(devices, str) and devices.isdigit():
+        overrides["trainer.devices"] = int(devices)
+    path = find_preset(args.config) if args.config else None
+    return resolve(path, overrides, args.sets)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fkt.engine import train
+
+    config = config_from_args(args)
+    if args.out is not None:
+        config.out = args.out
+    results = train(config)
+    if results:
+        print(summary_line(results))
+        print(f"wrote {Path(config.out) / 'metrics.json'}")
+    return 0
+
+
+def summary_line(results: dict) -> str:
+    test, compute = results["test"], results["compute"]
+    return (f"{results['method']} on {results['dataset']} (seed {results['seed']}): "
+            f"test accuracy {100 * test['accuracy']:.2f}%, macro F1 {100 * test['f1_macro']:.2f}%, "
+            f"{compute['image_passes']:,} image passes, {compute['train_seconds']:.0f} s")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fkt.engine import evaluate_checkpoint
+
+    results = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_root, args.out)
+    test = {k: v for k, v in results["test"].items() if k not in ("per_class", "confusion_matrix")}
+    print(json.dumps({"checkpoint": results["checkpoint"], "test": test}, indent=2))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from fkt.data import DATASETS
+    from fkt.data.fashion_mnist import locate
+
+    for name, info in DATASETS.items():
+        if name == "fashion-mnist":
+            found = locate(None)
+            where = f"found at {found}" if found else "not installed (apt-get install dataset-fashion-mnist)"
+        else:
+            where = "needs --data-root"
+        print(f"{name:14} {info.image_size:4d}px  {info.layout}; {where}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from fkt.reproduce import run_grid
+
+    config = config_from_args(args)
+    if args.seeds is not None:
+        config.grid.seeds = list(range(args.seeds))
+    if args.methods:
+        config.grid.methods = args.methods.split(",")
+    print(run_grid(config, args.out))
+    return 0
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="fkt", description="Functional knowledge transfer: train, compare, evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    train = sub.add_parser("train", help="train one method on one dataset")
+    add_run_flags(train)
+    train.add_argument("--out", type=Path, required=True, help="run directory")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="test metrics of a checkpoint")
+    evaluate.add_argument("--checkpoint", type=Path, required=True)
+    evaluate.add_argument("--dataset")
+    evaluate.add_argument("--data-root", type=Path)
+    evaluate.add_argument("--out", type=Path)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    datasets = sub.add_parser("datasets", help="which datasets are available here, and where from")
+    datasets.set_defaults(func=cmd_datasets)
+
+    reproduce = sub.add_parser("reproduce", help="run a preset's grid of methods x seeds and tabulate")
+    add_run_flags(reproduce)
+    reproduce.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the preset's)")
+    reproduce.add_argument("--methods", help="comma-separated subset of the preset's methods")
+    reproduce.add_argument("--out", type=Path, required=True)
+    reproduce.set_defaults(func=cmd_reproduce)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from fkt.objectives import NonFiniteLoss
+
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"fkt: error: {err}", file=sys.stderr)
+        return EXIT_USER
+    except NonFiniteLoss as err:
+        print(f"fkt: error: training stopped: {err}; the last good checkpoint is kept", file=sys.stderr)
+        return EXIT_NONFINITE
+    except KeyboardInterrupt:
+        print("fkt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Typed run configuration: one YAML preset per experiment, overridable from the CLI.
+
+Every field is validated (unknown keys and wrong types are errors), and the
+resolved config is saved in every run directory so that a run can be repeated
+and a checkpoint can be rebuilt from it alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+
+from fkt.errors import UserError
+
+Method = Literal["supervised", "representational", "functional"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    dataset: str = "fashion-mnist"
+    root: Path | None = None
+    image_size: PositiveInt | None = Field(None, description="None: the dataset's own default")
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="for sets without a labelled test split")
+    limit_train: PositiveInt | None = Field(None, description="stratified subset of the training split")
+    split_seed: int = Field(0, description="fixes val/test across training seeds, so seeds pair up")
+    batch_size: PositiveInt = 256
+    eval_batch_size: PositiveInt = 512
+    num_workers: int | None = Field(None, ge=0, description="None: chosen from the CPU count")
+
+
+class ModelConfig(_Strict):
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet18"
+    stem: Literal["imagenet", "small"] = "imagenet"
+    pretrained_weights: Path | None = None
+    proj_hidden_dim: PositiveInt | None = Field(None, description="None: the backbone's feature size")
+    proj_output_dim: PositiveInt = 128
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "lars"]
+    lr: float = Field(gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class OptimConfig(_Strict):
+    # The paper: LARS lr 0.001 for SSL, SGD lr 0.025 for supervised training.
+    ssl: OptimizerConfig = OptimizerConfig(name="lars", lr=0.001, weight_decay=1e-6)
+    supervised: OptimizerConfig = OptimizerConfig(name="sgd", lr=0.025, weight_decay=5e-4)
+    # Functional: one optimizer over all parameters on the summed loss.
+    functional: Literal["supervised", "ssl"] = Field(
+        "supervised", description="which of the two optimizer settings the joint step uses"
+    )
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class MethodConfig(_Strict):
+    name: Method = "functional"
+    lambda_ce: float = Field(1.0, ge=0, description="L = L_ssl + lambda * L_ce")
+    temperature: float = Field(0.5, gt=0)
+    classifier_input: Literal["clean", "view"] = "clean"
+    finetune: Literal["full", "linear"] = "full"
+
+
+class TrainerConfig(_Strict):
+    epochs: PositiveInt = 100
+    pretrain_epochs: PositiveInt = 100
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: PositiveInt = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    deterministic: bool = False
+    log_every_n_steps: PositiveInt = 10
+    progress_bar: bool = True
+
+
+class GridConfig(_Strict):
+    """The cells `fkt reproduce` runs; `fkt train` ignores this section."""
+
+    methods: list[Method] = ["representational", "functional"]
+    seeds: list[int] = [0, 1, 2]
+    per_method: dict[Method, dict[str, Any]] = Field(default_factory=dict,
+                                                     description="config overrides for one arm")
+
+
+class Config(_Strict):
+    method: MethodConfig = MethodConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    grid: GridConfig = GridConfig()
+    seed: int = 0
+    out: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    value = first.get("input")
+    shown = "" if first["type"] == "extra_forbidden" or isinstance(value, dict) else f" (got {value!r})"
+    return f"{source}: {field}: {msg}{shown}"
+
+
+def build_config(data: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_format_validation_error(err, source)) from None
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read config ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Apply one `section.field=value` override to a nested dict."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise UserError(f"--set {item}: expected key=value, e.g. --set optim.supervised.lr=0.1")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw != "" else None
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, section by section."""
+    out = dict(base)
+    for key, value in extra.items():
+        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = deep_merge(out[key], value) if both_dicts else value
+    return out
+
+
+def resolve(config_file: Path | None, overrides: dict[str, Any], sets: list[str]) -> Config:
+    """Defaults, then the file, then explicit CLI flags, then `--set key=value` items (last wins)."""
+    data = deep_merge(Config().to_dict(), load_yaml(config_file) if config_file else {})
+    for key, value in overrides.items():
+        if value is not None:
+            set_dotted(data, key, value)
+    for item in sets:
+        set_dotted(data, *parse_override(item))
+    return build_config(data, str(config_file) if config_file else "config")
+
+
+def save_config(config: Config, path: Path) -> None:
+    from fkt.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,56 @@
+"""APTOS 2019 (Kaggle layout: `train.csv` with id_code,diagnosis and `train_images/<id_code>.png`).
+
+Its own test.csv has no labels, so the labelled test split is carved from train.csv
+(stratified, seeded, saved in the run directory).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from fkt.data.base import DataBundle, ImageSet
+from fkt.errors import UserError
+
+CLASSES = ["0 no DR", "1 mild", "2 moderate", "3 severe", "4 proliferative"]
+
+
+def read_rows(csv_path: Path) -> list[tuple[str, int]]:
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:  # a BOM (Excel) is not part of "id_code"
+            reader = csv.DictReader(handle)
+            missing = {"id_code", "diagnosis"} - set(reader.fieldnames or [])
+            if missing:
+                raise UserError(f"{csv_path}: missing column(s) {sorted(missing)}")
+            rows = []
+            for row in reader:
+                line = reader.line_num  # the file's own line number (blank lines skipped by the reader)
+                try:
+                    label = int(row["diagnosis"])
+                except (TypeError, ValueError):
+                    raise UserError(f"{csv_path}:{line}: diagnosis {row['diagnosis']!r} is not an integer") from None
+                if not 0 <= label < len(CLASSES):
+                    raise UserError(f"{csv_path}:{line}: diagnosis {label} outside 0-4")
+                rows.append((row["id_code"], label))
+    except OSError as err:
+        raise UserError(f"{csv_path}: cannot read ({err.strerror})") from None
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{csv_path}: not a readable CSV file ({err})") from None
+    if not rows:
+        raise UserError(f"{csv_path}: no rows")
+    return rows
+
+
+def load(root: Path | None) -> DataBundle:
+    if root is None:
+        raise UserError("aptos2019: --data-root is required (the folder holding train.csv and train_images/)")
+    rows = read_rows(root / "train.csv")
+    images = root / "train_images"
+    files = [images / f"{code}.png" for code, _ in rows]
+    absent = [f for f in files if not f.is_file()]
+    if absent:
+        raise UserError(f"{absent[0]}: listed in train.csv but not found ({len(absent)} missing in all)")
+    train = ImageSet(targets=np.array([label for _, label in rows]), files=files)
+    return DataBundle("aptos2019", CLASSES, train, None, source=str(root), ordinal=True)

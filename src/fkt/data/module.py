@@ -1,0 +1,126 @@
+"""The Lightning data module: splits, resized uint8 images, loaders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from fkt.config import Config
+from fkt.data import dataset_info, load_dataset
+from fkt.data.base import DataBundle, ImageSet
+from fkt.data.splits import load_splits, make_splits, save_splits
+from fkt.errors import UserError
+
+
+def resize_pixels(pixels: np.ndarray, size: int, chunk: int = 4096) -> torch.Tensor:
+    """An in-memory set (N,H,W[,C] uint8) resized once to (N,C,size,size) uint8."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    if x.shape[-2:] == (size, size):
+        return x.contiguous()
+    out = [
+        F.interpolate(part.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        .round_().clamp_(0, 255).to(torch.uint8)
+        for part in x.split(chunk)
+    ]
+    return torch.cat(out)
+
+
+class ResizedImages(Dataset):
+    """(uint8 RGB image of size x size, label). In-memory sets are resized once, files on access."""
+
+    def __init__(self, images: ImageSet, size: int) -> None:
+        self.images = images
+        self.size = size
+        self.cache = resize_pixels(images.pixels, size) if images.pixels is not None else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self.cache is not None:
+            x = self.cache[index]
+        else:
+            img = self.images.image(index).resize((self.size, self.size), Image.BILINEAR)
+            x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        if x.shape[0] == 1:
+            x = x.expand(3, -1, -1)
+        return x, int(self.images.targets[index])
+
+
+def default_workers(in_memory: bool) -> int:
+    """No workers for in-memory tensors (indexing is cheaper than IPC); else all but one core."""
+    return 0 if in_memory else max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+class FKTDataModule(pl.LightningDataModule):
+    """Train / val / test for one run. The split is saved to `split_file` and reused when it exists."""
+
+    def __init__(self, config: Config, split_file: Path | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.split_file = split_file
+        self.bundle: DataBundle | None = None
+        self.sets: dict[str, ResizedImages] = {}
+
+    @property
+    def image_size(self) -> int:
+        return self.config.data.image_size or dataset_info(self.config.data.dataset).image_size
+
+    @property
+    def classes(self) -> list[str]:
+        self.setup()
+        return self.bundle.classes
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.bundle is not None:
+            return
+        cfg = self.config.data
+        self.bundle = bundle = load_dataset(cfg.dataset, cfg.root)
+        meta = {"dataset": cfg.dataset, "split_seed": cfg.split_seed, "val_fraction": cfg.val_fraction,
+                "test_fraction": cfg.test_fraction, "limit_train": cfg.limit_train, "n_source": len(bundle.train)}
+        if self.split_file is not None and self.split_file.exists():
+            splits = load_splits(self.split_file, meta)
+        else:
+            splits = make_splits(bundle.train.targets, bundle.test is not None, cfg.val_fraction,
+                                 cfg.test_fraction, cfg.limit_train, cfg.split_seed)
+            if self.split_file is not None:
+                save_splits(self.split_file, splits, {**meta, "source": bundle.source})
+        test = bundle.test if bundle.test is not None else bundle.train.subset(np.array(splits["test"]))
+        parts = {"train": bundle.train.subset(np.array(splits["train"])),
+                 "val": bundle.train.subset(np.array(splits["val"])), "test": test}
+        self.sets = {name: ResizedImages(images, self.image_size) for name, images in parts.items()}
+        if cfg.batch_size > len(self.sets["train"]):
+            raise UserError(f"data.batch_size={cfg.batch_size} is larger than the training split "
+                            f"({len(self.sets['train'])} images)")
+
+    def loader(self, split: str, train: bool = False) -> DataLoader:
+        self.setup()
+        cfg = self.config.data
+        dataset = self.sets[split]
+        workers = cfg.num_workers if cfg.num_workers is not None else default_workers(dataset.cache is not None)
+        return DataLoader(
+            dataset,
+            batch_size=cfg.batch_size if train else cfg.eval_batch_size,
+            shuffle=train,
+            drop_last=train,  # equal-sized contrastive batches; eval sees every image
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")

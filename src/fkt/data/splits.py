@@ -1,0 +1,101 @@
+"""Stratified, seeded splits: train / validation (model selection) / test (touched once)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fkt.errors import UserError
+from fkt.io import atomic_write_json
+
+
+def stratified_holdout(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (kept, held out) with each class held out in proportion, at least one
+    per class that has two or more members. Deterministic for a given seed."""
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    for label in np.unique(targets):
+        members = np.flatnonzero(targets == label)
+        rng.shuffle(members)
+        n_held = int(round(fraction * len(members)))
+        if len(members) >= 2:
+            n_held = min(max(n_held, 1), len(members) - 1)
+        else:
+            n_held = 0
+        held.append(members[:n_held])
+        kept.append(members[n_held:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def stratified_subset(targets: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Exactly `size` indices (sorted), drawn per class in proportion (the --limit-train subset).
+
+    Each class gets the floor of its proportional share, the images left over go to the classes
+    with the largest remainders (largest-remainder rounding, so the total is exact), and where
+    `size` allows it every class keeps at least one image. Deterministic for a given seed."""
+    targets = np.asarray(targets)
+    if size >= len(targets):
+        return np.arange(len(targets))
+    if size <= 0:
+        return np.array([], dtype=np.int64)
+    labels, counts = np.unique(targets, return_counts=True)
+    quota = size * counts / len(targets)
+    take = np.floor(quota).astype(np.int64)
+    left = size - int(take.sum())
+    order = np.argsort(-(quota - take), kind="stable")  # largest remainder first, ties by class order
+    take[order[:left]] += 1
+    if size >= len(labels):
+        for empty in np.flatnonzero(take == 0):
+            take[np.argmax(take)] -= 1  # the largest share gives one image to a class with none
+            take[empty] = 1
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label, k in zip(labels, take):
+        members = np.flatnonzero(targets == label)
+        rng.shuffle(members)
+        chosen.append(members[:k])
+    return np.sort(np.concatenate(chosen))
+
+
+def make_splits(train_targets: np.ndarray, has_test: bool, val_fraction: float, test_fraction: float,
+                limit_train: int | None, seed: int) -> dict[str, list[int]]:
+    """Indices into the source's training set; 'test' only where the source has no test split."""
+    indices = np.arange(len(train_targets))
+    splits: dict[str, list[int]] = {}
+    if not has_test:
+        rest, test = stratified_holdout(train_targets, test_fraction, seed)
+        splits["test"] = test.tolist()
+        indices = rest
+    train, val = stratified_holdout(train_targets[indices], val_fraction, seed + 1)
+    train, val = indices[train], indices[val]
+    if limit_train is not None:
+        train = train[stratified_subset(train_targets[train], limit_train, seed + 2)]
+    if len(val) == 0:
+        raise UserError(f"data.val_fraction={val_fraction}: leaves no validation images "
+                        f"from {len(train_targets)} training images")
+    splits["train"], splits["val"] = train.tolist(), val.tolist()
+    return splits
+
+
+def save_splits(path: Path, splits: dict[str, list[int]], meta: dict) -> None:
+    atomic_write_json(path, {**meta, "counts": {k: len(v) for k, v in splits.items()}, "indices": splits})
+
+
+def load_splits(path: Path, expected: dict | None = None) -> dict[str, list[int]]:
+    """A saved split; with `expected`, it must have been made with the same settings."""
+    try:
+        saved = json.loads(Path(path).read_text())
+        splits = saved["indices"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: not a readable split file ({err})") from None
+    for key, value in (expected or {}).items():
+        if key in saved and saved[key] != value:
+            raise UserError(f"{path}: made with {key}={saved[key]!r} but this run has {value!r}; "
+                            "use another --out or delete the file")
+    n = (expected or {}).get("n_source")
+    for name, idx in splits.items():
+        if n is not None and idx and (min(idx) < 0 or max(idx) >= n):
+            raise UserError(f"{path}: '{name}' indices out of range for {n} training images")
+    return splits

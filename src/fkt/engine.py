@@ -1,0 +1,152 @@
+"""Runs one training run: run directory, Lightning Trainer per stage, final evaluation.
+
+Layout of a run directory:
+    config.yaml          the resolved config
+    split.json           the train/val(/test) indices, reused when the run is repeated
+    checkpoints/         best.ckpt (best val accuracy) and last.ckpt of the final stage;
+                         checkpoints/<stage>/last.ckpt for earlier stages (SimCLR pretraining)
+    logs/<stage>/        Lightning's CSV log (metrics.csv)
+    tb/<stage>/          TensorBoard events
+    metrics.json         test metrics of the best checkpoint, val accuracy, compute
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from fkt.config import Config, save_config
+from fkt.data import dataset_info
+from fkt.data.module import FKTDataModule
+from fkt.errors import UserError
+from fkt.evaluate import classification_metrics, load_checkpoint, predict
+from fkt.io import atomic_write_json
+from fkt.methods import Method, Stage, stages
+
+
+def resolved(config: Config) -> Config:
+    """Fill in defaults that depend on the dataset, so the saved config says what ran."""
+    config = config.model_copy(deep=True)
+    if config.data.image_size is None:
+        config.data.image_size = dataset_info(config.data.dataset).image_size
+    return config
+
+
+def build_trainer(config: Config, run_dir: Path, stage: Stage, final: bool) -> pl.Trainer:
+    ckpt_dir = run_dir / "checkpoints" if final else run_dir / "checkpoints" / stage.name
+    if final:
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/acc", mode="max",
+                                     save_last=True, auto_insert_metric_name=False)
+    else:
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1)
+    loggers = [CSVLogger(run_dir, name="logs", version=stage.name),
+               TensorBoardLogger(run_dir, name="tb", version=stage.name, default_hp_metric=False)]
+    t = config.trainer
+    return pl.Trainer(
+        max_epochs=stage.epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        deterministic=t.deterministic,
+        logger=loggers,
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch")],
+        default_root_dir=run_dir,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        # SimCLR pretraining has no labels to validate on; the final stage selects on val accuracy.
+        limit_val_batches=1.0 if final else 0,
+        num_sanity_val_steps=0,
+    )
+
+
+def evaluation_device(config: Config) -> torch.device:
+    wants_gpu = config.trainer.accelerator in ("auto", "gpu", "cuda")
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+
+def train(config: Config) -> dict[str, Any]:
+    """Train every stage of the configured method, then evaluate the best checkpoint once on test."""
+    if config.out is None:
+        raise UserError("--out is required: the run directory to write")
+    config = resolved(config)
+    run_dir = Path(config.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+
+    data = FKTDataModule(config, split_file=run_dir / "split.json")
+    data.setup()
+    classes = data.classes
+    compute: dict[str, Any] = {"epochs": 0, "image_passes": 0, "train_seconds": 0.0, "stages": {}}
+    plan = stages(config)
+    previous: Method | None = None
+    trainer = None
+    for i, stage in enumerate(plan):
+        final = i == len(plan) - 1
+        module = stage.module(config=config.to_dict(), num_classes=len(classes), classes=classes,
+                              freeze_backbone=stage.freeze_backbone)
+        if stage.init_from is not None:
+            module.backbone.load_state_dict(previous.backbone.state_dict())
+        trainer = build_trainer(config, run_dir, stage, final)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=data)
+        seconds = time.perf_counter() - start
+        passes = module.image_passes * trainer.world_size
+        compute["stages"][stage.name] = {"module": module.name, "epochs": stage.epochs,
+                                         "image_passes": passes, "train_seconds": round(seconds, 2)}
+        compute["epochs"] += stage.epochs
+        compute["image_passes"] += passes
+        compute["train_seconds"] += seconds
+        previous = module
+    compute["train_seconds"] = round(compute["train_seconds"], 2)
+    if not trainer.is_global_zero:
+        return {}
+
+    best = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
+    device = evaluation_device(config)
+    bundle = data.bundle
+    results: dict[str, Any] = {
+        "method": config.method.name,
+        "dataset": config.data.dataset,
+        "seed": config.seed,
+        "backbone": config.model.backbone,
+    }
+    for split in ("val", "test"):
+        logits, targets = predict(best, data.loader(split), device)
+        results[split] = classification_metrics(logits, targets, classes, ordinal=bundle.ordinal)
+    results["compute"] = compute
+    results["classes"] = classes
+    results["checkpoint"] = "checkpoints/best.ckpt"
+    atomic_write_json(run_dir / "metrics.json", results)
+    return results
+
+
+def evaluate_checkpoint(checkpoint: Path, dataset: str | None, data_root: Path | None,
+                        out: Path | None) -> dict[str, Any]:
+    """Test metrics of a saved checkpoint, on the same split its run used where that is known."""
+    module = load_checkpoint(checkpoint)
+    config = module.cfg.model_copy(deep=True)
+    if dataset is not None and dataset != config.data.dataset:
+        raise UserError(f"--dataset {dataset}: the checkpoint was trained on {config.data.dataset}")
+    if data_root is not None:
+        config.data.root = data_root
+    split_file = Path(checkpoint).resolve().parent.parent / "split.json"
+    data = FKTDataModule(config, split_file=split_file if split_file.exists() else None)
+    data.setup()
+    if data.classes != module.hparams.classes and module.hparams.classes is not None:
+        raise UserError(f"--checkpoint {checkpoint}: its classes differ from the dataset's")
+    logits, targets = predict(module, data.loader("test"), evaluation_device(config))
+    results = {"checkpoint": str(checkpoint), "dataset": config.data.dataset,
+               "test": classification_metrics(logits, targets, data.classes, ordinal=data.bundle.ordinal)}
+    if out is not None:
+        atomic_write_json(Path(out) / "eval.json", results)
+    return results

@@ -1,0 +1,145 @@
+"""The one Lightning module every method shares.
+
+It owns the backbone, the heads, the augmentation, validation, the optimizer and the
+compute count; a method only says which loss terms a training step makes (`losses`),
+which parts it trains and with which optimizer settings. Every arm therefore gets the
+same views, heads, evaluation and budget accounting by construction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightly.utils.lars import LARS
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from fkt.config import Config, OptimizerConfig
+from fkt.data.transforms import Normalize, SimCLRViews
+from fkt.data import dataset_info
+from fkt.models import build_backbone, classifier_head, projection_head
+from fkt.objectives import check_finite, classification_loss, contrastive_loss, weighted_total
+
+
+class Method(pl.LightningModule):
+    """Shared plumbing. Subclasses set `uses_ssl` and implement `losses` and `trainable`."""
+
+    name = "method"
+    uses_ssl = False
+    loss_weights: dict[str, float] = {}
+
+    def __init__(self, config: dict[str, Any], num_classes: int, classes: list[str] | None = None,
+                 freeze_backbone: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = cfg = Config.model_validate(config)
+        self.freeze_backbone = freeze_backbone
+        self.backbone, self.feat_dim = build_backbone(cfg.model.backbone, cfg.model.stem, cfg.model.pretrained_weights)
+        self.classifier = classifier_head(self.feat_dim, num_classes)
+        self.projector = (projection_head(self.feat_dim, cfg.model.proj_hidden_dim, cfg.model.proj_output_dim)
+                          if self.uses_ssl else None)
+        size = cfg.data.image_size or dataset_info(cfg.data.dataset).image_size
+        self.views = SimCLRViews(size)
+        self.normalize = Normalize()
+        self.contrastive = contrastive_loss(cfg.method.temperature)
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.image_passes = 0  # images through the backbone in training steps, this rank
+
+    # --- what a method defines -------------------------------------------------------
+    def losses(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def trainable(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def optimizer_settings(self) -> OptimizerConfig:
+        raise NotImplementedError
+
+    # --- building blocks the methods compose ------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features; every image pushed through here in training counts as one pass."""
+        if self.training:
+            self.image_passes += images.shape[0]
+        return self.backbone(images)
+
+    def ssl_term(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """NT-Xent between two random views of each image; also returns the first view's features."""
+        h1, h2 = self.encode(self.views(images)), self.encode(self.views(images))
+        return self.contrastive(self.projector(h1), self.projector(h2)), h1
+
+    def ce_term(self, images: torch.Tensor, targets: torch.Tensor,
+                view_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy on the classifier input: the clean image, or a view (reusing its features)."""
+        if self.cfg.method.classifier_input == "view":
+            features = view_features if view_features is not None else self.encode(self.views(images))
+        else:
+            features = self.encode(self.normalize(images))
+        return classification_loss(self.classifier(features), targets)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits for normalised images (inference, Grad-CAM)."""
+        return self.classifier(self.backbone(images))
+
+    # --- Lightning hooks ----------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Before the strategy wraps the model (DDP needs requires_grad settled by then)."""
+        if self.trainer.world_size > 1:
+            self.contrastive = contrastive_loss(self.cfg.method.temperature, self.trainer.world_size)
+        trainable = {id(p) for m in self.trainable() for p in m.parameters()}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in trainable)
+
+    def train(self, mode: bool = True) -> "Method":
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()  # a linear probe keeps the pretrained batch-norm statistics
+        return self
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        terms = self.losses(images, targets)
+        check_finite(terms, self.global_step)
+        loss = weighted_total(terms, self.loss_weights)
+        batch_size = images.shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        self.log("compute/image_passes", float(self.image_passes * self.trainer.world_size),
+                 on_step=True, on_epoch=False, batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, targets = batch
+        logits = self(self.normalize(images))
+        self.val_acc.update(logits, targets)
+        self.log("val/loss", classification_loss(logits, targets), sync_dist=True, batch_size=images.shape[0])
+        self.log("val/acc", self.val_acc, prog_bar=True, batch_size=images.shape[0])
+
+    def configure_optimizers(self) -> Any:
+        settings = self.optimizer_settings()
+        params = [p for m in self.trainable() for p in m.parameters()]
+        kind = LARS if settings.name == "lars" else torch.optim.SGD
+        optimizer = kind(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+        schedule = self.cfg.optim
+        if schedule.schedule == "constant" and schedule.warmup_epochs == 0:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(total - 1, schedule.warmup_epochs * total // max(1, self.trainer.max_epochs))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if schedule.schedule == "constant":
+                return 1.0
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["fkt"] = {"module": self.name, "image_passes": self.image_passes}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.image_passes = checkpoint.get("fkt", {}).get("image_passes", 0)

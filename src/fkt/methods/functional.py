@@ -1,0 +1,28 @@
+"""Functional transfer: L = L_ssl + lambda * L_ce in one step, one backward, one shared backbone.
+
+Against representational transfer the whole difference is here: both terms are made
+in the same step, so both gradients shape the backbone at once.
+"""
+
+from __future__ import annotations
+
+from fkt.methods.base import Method
+
+
+class Functional(Method):
+    name = "functional"
+    uses_ssl = True
+
+    @property
+    def loss_weights(self):
+        return {"ce": self.cfg.method.lambda_ce}
+
+    def losses(self, images, targets):
+        ssl, view_features = self.ssl_term(images)
+        return {"ssl": ssl, "ce": self.ce_term(images, targets, view_features)}
+
+    def trainable(self):
+        return [self.backbone, self.projector, self.classifier]
+
+    def optimizer_settings(self):
+        return getattr(self.cfg.optim, self.cfg.optim.functional)

@@ -1,0 +1,18 @@
+"""Cross-entropy only: the baseline, and the fine-tuning stage of representational transfer."""
+
+from __future__ import annotations
+
+from fkt.methods.base import Method
+
+
+class Supervised(Method):
+    name = "supervised"
+
+    def losses(self, images, targets):
+        return {"ce": self.ce_term(images, targets)}
+
+    def trainable(self):
+        return [self.classifier] if self.freeze_backbone else [self.backbone, self.classifier]
+
+    def optimizer_settings(self):
+        return self.cfg.optim.supervised

@@ -1,0 +1,61 @@
+"""Backbone factory and heads. Feature sizes are read from the model, never hard-wired."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from lightly.models.modules import SimCLRProjectionHead
+from torch import nn
+
+from fkt.errors import UserError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+def build_backbone(name: str, stem: str = "imagenet", weights: Path | None = None) -> tuple[nn.Module, int]:
+    """A torchvision ResNet without its fc layer, and its feature size.
+
+    `stem="small"` swaps the 7x7/2 conv and max-pool for a 3x3/1 conv (for 32 px images).
+    """
+    if name not in BACKBONES:
+        raise UserError(f"model.backbone={name}: choose from {', '.join(BACKBONES)}")
+    net = getattr(torchvision.models, name)(weights=None)
+    if stem == "small":
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    feat_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    if weights is not None:
+        load_backbone_weights(net, weights)
+    return net, feat_dim
+
+
+def load_backbone_weights(net: nn.Module, path: Path) -> None:
+    """A local state dict: a plain torchvision one, or an fkt/Lightning checkpoint (`backbone.` keys)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        raise UserError(f"{path}: cannot load weights ({type(err).__name__})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a state dict")
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = net.state_dict()
+    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    if bad or missing:
+        what = f"shape mismatch at {bad[0]}" if bad else f"missing {missing[0]}"
+        raise UserError(f"{path}: weights do not fit this backbone ({what})")
+    net.load_state_dict(state, strict=False)
+
+
+def projection_head(feat_dim: int, hidden_dim: int | None, output_dim: int) -> nn.Module:
+    return SimCLRProjectionHead(feat_dim, hidden_dim or feat_dim, output_dim)
+
+
+def classifier_head(feat_dim: int, num_classes: int) -> nn.Module:
+    return nn.Linear(feat_dim, num_classes)

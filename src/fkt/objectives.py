@@ -1,0 +1,33 @@
+"""Losses and their weighting. The joint objective is L = L_ssl + lambda * L_ce."""
+
+from __future__ import annotations
+
+import torch
+from lightly.loss import NTXentLoss
+from torch import nn
+from torch.nn import functional as F
+
+
+def contrastive_loss(temperature: float, world_size: int = 1) -> nn.Module:
+    """NT-Xent on cosine similarity; negatives gathered across ranks when there are several."""
+    return NTXentLoss(temperature=temperature, gather_distributed=world_size > 1)
+
+
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, targets)
+
+
+def weighted_total(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """Sum of the loss terms, each times its weight (1 where none is given)."""
+    return sum(weights.get(name, 1.0) * value for name, value in terms.items())
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or infinite; the message names the term and the step."""
+
+
+def check_finite(terms: dict[str, torch.Tensor], step: int) -> None:
+    for name, value in terms.items():
+        if not torch.isfinite(value).all():
+            kind = "NaN" if torch.isnan(value).any() else "infinite"
+            raise NonFiniteLoss(f"loss term '{name}' is {kind} at step {step}")
