@@ -177,3 +177,26 @@ def test_finetuning_starts_from_the_pretrained_backbone(make_dataset, tmp_path, 
         assert torch.equal(seen["start"][key], value), key
     assert any(not torch.equal(v, fresh.backbone.state_dict()[k])
                for k, v in pretrained.backbone.state_dict().items() if v.is_floating_point())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "layout, kwargs",
+    [
+        ("fashion-mnist", {"num_classes": 3, "train_per_class": 8, "test_per_class": 2}),
+        ("cifar10", {"num_classes": 3, "train_per_class": 8, "test_per_class": 2}),
+        ("intel-image", {"train_per_class": 4, "test_per_class": 1, "image_size": 40}),
+        ("aptos2019", {"images_per_class": 8}),
+        ("imagefolder", {"num_classes": 3, "train_per_class": 8, "test_per_class": None}),
+    ],
+)
+def test_train_runs_on_every_dataset_layout(make_dataset, tmp_path, layout, kwargs):
+    data = make_dataset(layout, **kwargs)
+    config = run_config(data, tmp_path / layout, "functional", data={"dataset": layout})
+    results = train(config)
+    split = json.loads((tmp_path / layout / "split.json").read_text())
+    carved = layout in ("aptos2019", "imagefolder")
+    assert ("test" in split["indices"]) == carved
+    assert results["test"]["n"] == (split["counts"]["test"] if carved else len(data.test_labels))
+    assert ("qwk" in results["test"]) == (layout == "aptos2019")
+    assert results["classes"] == data.classes

@@ -41,12 +41,13 @@ class ModelConfig(_Strict):
     pretrained_weights: Path | None = None
     proj_hidden_dim: PositiveInt | None = Field(None, description="None: the backbone's feature size")
     proj_output_dim: PositiveInt = 128
+    channels_last: bool = Field(True, description="NHWC memory format (faster convolutions on CPU and GPU)")
 
 
 class OptimizerConfig(_Strict):
-    name: Literal["sgd", "lars"]
+    name: Literal["sgd", "lars", "adamw"]
     lr: float = Field(gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD and LARS; AdamW keeps its default betas")
     weight_decay: float = Field(0.0, ge=0)
 
 
@@ -59,7 +60,7 @@ class OptimConfig(_Strict):
         "supervised", description="which of the two optimizer settings the joint step uses"
     )
     schedule: Literal["constant", "cosine"] = "constant"
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up, in (fractional) epochs")
 
 
 class MethodConfig(_Strict):

@@ -21,7 +21,7 @@ from fkt.errors import UserError
 
 def resize_pixels(pixels: np.ndarray, size: int, chunk: int = 4096) -> torch.Tensor:
     """An in-memory set (N,H,W[,C] uint8) resized once to (N,C,size,size) uint8."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels))
+    x = torch.from_numpy(np.array(pixels))  # a writable copy (IDX buffers are read-only)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     if x.shape[-2:] == (size, size):
         return x.contiguous()

@@ -1,0 +1,5 @@
+import sys
+
+from fkt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,78 @@
+"""The `fkt` command as a user meets it: one-line errors, non-zero exits, and a real run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def fkt(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fkt", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["train", "--dataset", "nope", "--out", "OUT"], ["--dataset nope", "unknown dataset", "fashion-mnist"]),
+        (["train", "--method", "magic", "--out", "OUT"], ["--method", "magic"]),
+        (["train", "--bogus-flag", "--out", "OUT"], ["--bogus-flag"]),
+        (["train", "--epochs", "ten", "--out", "OUT"], ["--epochs", "ten"]),
+        (["train", "--epochs", "0", "--out", "OUT"], ["trainer.epochs", "greater than 0"]),
+        (["train", "--set", "optim.supervised.learning_rate=0.1", "--out", "OUT"],
+         ["optim.supervised.learning_rate", "unknown key"]),
+        (["train", "--set", "data.batch_size=big", "--out", "OUT"], ["data.batch_size", "big"]),
+        (["train", "--dataset", "cifar10", "--data-root", "MISSING", "--out", "OUT"], ["--data-root", "MISSING"]),
+        (["train", "--dataset", "intel-image", "--data-root", ".", "--out", "OUT"], ["seg_train"]),
+        (["train", "--config", "no-such-preset", "--out", "OUT"], ["no-such-preset"]),
+        (["evaluate", "--checkpoint", "missing.ckpt"], ["missing.ckpt", "no such file"]),
+        (["frobnicate"], ["frobnicate"]),
+    ],
+)
+def test_user_mistakes_get_one_clear_line(tmp_path, args, needles):
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
+    result = fkt(*args, cwd=tmp_path)
+    one_line_error(result, *needles)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_foreign_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "model.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    one_line_error(fkt("evaluate", "--checkpoint", str(bad)), str(bad), "checkpoint")
+
+
+def test_datasets_lists_every_layout():
+    result = fkt("datasets")
+    assert result.returncode == 0
+    for name in ("fashion-mnist", "cifar10", "intel-image", "aptos2019", "imagefolder"):
+        assert name in result.stdout
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_from_the_command_line(make_dataset, tmp_path):
+    data = make_dataset("imagefolder", num_classes=3, train_per_class=8, test_per_class=3)
+    out = tmp_path / "run"
+    result = fkt("train", "--method", "functional", "--dataset", "imagefolder", "--data-root", str(data.root),
+                 "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--accelerator", "cpu",
+                 "--set", "data.val_fraction=0.25", "--no-progress", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test accuracy" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    evaluated = fkt("evaluate", "--checkpoint", str(out / "checkpoints" / "best.ckpt"), "--out", str(tmp_path))
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads(evaluated.stdout)["test"]["accuracy"] == metrics["test"]["accuracy"]
+    assert json.loads((tmp_path / "eval.json").read_text())["test"]["f1_macro"] == metrics["test"]["f1_macro"]
