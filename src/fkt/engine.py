@@ -12,7 +12,9 @@ Layout of a run directory:
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,15 @@ from fkt.errors import UserError
 from fkt.evaluate import classification_metrics, load_checkpoint, predict
 from fkt.io import atomic_write_json
 from fkt.methods import Method, Stage, stages
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's advertising and deprecation chatter; keep its real warnings."""
+    for message in (".*LeafSpec.*", ".*smaller than the logging interval.*", ".*exists and is not empty.*",
+                    ".*limit_val_batches=1.0.*"):
+        warnings.filterwarnings("ignore", message=message)
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage() and "limit_val_batches" not in record.getMessage())
 
 
 def resolved(config: Config) -> Config:
@@ -77,6 +88,7 @@ def train(config: Config) -> dict[str, Any]:
     """Train every stage of the configured method, then evaluate the best checkpoint once on test."""
     if config.out is None:
         raise UserError("--out is required: the run directory to write")
+    quiet_lightning()
     config = resolved(config)
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
