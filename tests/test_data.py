@@ -578,3 +578,18 @@ def test_data_module_split_ignores_training_seed(make_dataset, tmp_path):
 
     assert split(0, 0) == split(1, 0) == split(2, 0)
     assert split(0, 0) != split(0, 1)
+
+
+def test_fashion_mnist_missing_everywhere_without_internet_says_which_package(tmp_path, monkeypatch):
+    """Neither the root nor the Debian folder has the files and the download fails: one clear error."""
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_ROOT", tmp_path / "no-system-copy")
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
+        fashion_mnist.load(empty)

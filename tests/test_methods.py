@@ -115,10 +115,10 @@ def test_image_passes_per_step(classifier_input, passes):
     assert m.image_passes == passes * 8
 
 
-def run_config(data, out, method, **extra) -> Config:
+def run_config(generated, out, method, dataset="imagefolder", **extra) -> Config:
     sections = {
         "method": {"name": method},
-        "data": {"dataset": "imagefolder", "root": str(data.root), "image_size": 32, "batch_size": 8,
+        "data": {"dataset": dataset, "root": str(generated.root), "image_size": 32, "batch_size": 8,
                  "val_fraction": 0.25, "num_workers": 0},
         "trainer": {"epochs": 2, "pretrain_epochs": 1},
         "out": str(out),
@@ -192,7 +192,7 @@ def test_finetuning_starts_from_the_pretrained_backbone(make_dataset, tmp_path, 
 )
 def test_train_runs_on_every_dataset_layout(make_dataset, tmp_path, layout, kwargs):
     data = make_dataset(layout, **kwargs)
-    config = run_config(data, tmp_path / layout, "functional", data={"dataset": layout})
+    config = run_config(data, tmp_path / layout, "functional", dataset=layout)
     results = train(config)
     split = json.loads((tmp_path / layout / "split.json").read_text())
     carved = layout in ("aptos2019", "imagefolder")

@@ -29,5 +29,5 @@ class NonFiniteLoss(RuntimeError):
 def check_finite(terms: dict[str, torch.Tensor], step: int) -> None:
     for name, value in terms.items():
         if not torch.isfinite(value).all():
-            kind = "NaN" if torch.isnan(value).any() else "infinite"
-            raise NonFiniteLoss(f"loss term '{name}' is {kind} at step {step}")
+            bad = value.detach().flatten()[~torch.isfinite(value.detach().flatten())][0].item()
+            raise NonFiniteLoss(f"loss term '{name}' is {bad} at step {step}")

@@ -1,0 +1,70 @@
+"""The typed config: presets validate, precedence is file < flags < --set, errors name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fkt.config import Config, build_config, resolve, save_config
+from fkt.errors import UserError
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def test_there_are_presets_for_the_paper_and_the_demo():
+    names = {p.stem for p in CONFIGS}
+    assert {"quick", "paper-cifar10", "paper-intel-image", "paper-aptos2019", "paper-intel-image-resnet18"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_preset_validates(path):
+    config = resolve(path, {}, [])
+    if path.stem.startswith("paper-"):
+        assert config.data.batch_size == 256 and config.trainer.epochs == 100
+        assert config.trainer.pretrain_epochs == 100
+        assert (config.optim.ssl.name, config.optim.ssl.lr) == ("lars", 0.001)
+        assert (config.optim.supervised.name, config.optim.supervised.lr) == ("sgd", 0.025)
+        assert config.method.temperature == 0.5
+        assert config.model.backbone == ("resnet18" if "resnet18" in path.stem else "resnet50")
+        assert config.grid.methods == ["representational", "functional"]
+
+
+def test_precedence_file_then_flags_then_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"trainer": {"epochs": 7}, "data": {"batch_size": 16}}))
+    config = resolve(path, {"trainer.epochs": 9}, ["data.batch_size=32", "optim.supervised.lr=0.5"])
+    assert config.trainer.epochs == 9
+    assert config.data.batch_size == 32
+    assert config.optim.supervised.lr == 0.5
+    assert config.optim.supervised.name == "sgd"  # the rest of the section keeps its defaults
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"trainer": {"epochz": 3}}, "trainer.epochz: unknown key"),
+        ({"data": {"batch_size": 0}}, "data.batch_size"),
+        ({"optim": {"supervised": {"name": "sgd", "lr": -1}}}, "optim.supervised.lr"),
+        ({"model": {"backbone": "vgg16"}}, "model.backbone"),
+        ({"method": {"name": "byol"}}, "method.name"),
+    ],
+)
+def test_bad_values_name_the_field(data, needle):
+    with pytest.raises(UserError, match=needle.replace(".", r"\.")):
+        build_config(data, "test.yaml")
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("trainer: [unclosed\n")
+    with pytest.raises(UserError, match="broken.yaml"):
+        resolve(path, {}, [])
+
+
+def test_saved_config_reloads_to_the_same_config(tmp_path):
+    config = build_config({"method": {"name": "representational", "finetune": "linear"}, "seed": 3})
+    save_config(config, tmp_path / "config.yaml")
+    assert resolve(tmp_path / "config.yaml", {}, []) == config
+    assert Config().method.name == "functional"
