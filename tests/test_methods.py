@@ -168,7 +168,7 @@ def test_finetuning_starts_from_the_pretrained_backbone(make_dataset, tmp_path, 
     def record(self):
         seen.setdefault("start", {k: v.clone() for k, v in self.backbone.state_dict().items()})
 
-    monkeypatch.setattr(Supervised, "on_train_start", record, raising=False)
+    monkeypatch.setattr(Supervised, "on_fit_start", record, raising=False)
     out = tmp_path / "rep"
     train(run_config(data, out, "representational"))
     pretrained = load_checkpoint(out / "checkpoints" / "pretrain" / "last.ckpt")

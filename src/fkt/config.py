@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from fkt.errors import UserError
 
 Method = Literal["supervised", "representational", "functional"]
+# A grid arm: a method, or supervised training for as many image passes as the functional arm.
+Arm = Literal["supervised", "representational", "functional", "supervised-matched"]
 
 
 class _Strict(BaseModel):
@@ -87,10 +89,13 @@ class TrainerConfig(_Strict):
 class GridConfig(_Strict):
     """The cells `fkt reproduce` runs; `fkt train` ignores this section."""
 
-    methods: list[Method] = ["representational", "functional"]
+    methods: list[Arm] = ["representational", "functional", "supervised-matched"]
+    datasets: list[str] = Field(default_factory=list, description="empty: data.dataset alone")
     seeds: list[int] = [0, 1, 2]
-    per_method: dict[Method, dict[str, Any]] = Field(default_factory=dict,
-                                                     description="config overrides for one arm")
+    per_method: dict[Arm, dict[str, Any]] = Field(default_factory=dict,
+                                                  description="config overrides for one arm")
+    per_dataset: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                                   description="config overrides for one dataset (its root, say)")
 
 
 class Config(_Strict):
@@ -101,6 +106,7 @@ class Config(_Strict):
     trainer: TrainerConfig = TrainerConfig()
     grid: GridConfig = GridConfig()
     seed: int = 0
+    arm: str | None = Field(None, description="the grid arm a run belongs to (default: the method)")
     out: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,7 +13,6 @@ Layout of a run directory:
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -49,8 +48,24 @@ def resolved(config: Config) -> Config:
     return config
 
 
+def checkpoint_dir(run_dir: Path, stage: Stage, final: bool) -> Path:
+    return run_dir / "checkpoints" if final else run_dir / "checkpoints" / stage.name
+
+
+def resumable_epochs(checkpoint: Path, config: Config, num_classes: int) -> int:
+    """Training epochs a run's own last checkpoint has fully processed; refuses another run's."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = state.get("hyper_parameters", {})
+    theirs = Config.model_validate(saved["config"]) if "config" in saved else None
+    if theirs is None or (theirs.method.name, theirs.model.backbone, theirs.model.stem, saved.get("num_classes")) != (
+            config.method.name, config.model.backbone, config.model.stem, num_classes):
+        raise UserError(f"{checkpoint}: left by a different run (method, backbone or classes differ); "
+                        "use another --out or delete it")
+    return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+
+
 def build_trainer(config: Config, run_dir: Path, stage: Stage, final: bool) -> pl.Trainer:
-    ckpt_dir = run_dir / "checkpoints" if final else run_dir / "checkpoints" / stage.name
+    ckpt_dir = checkpoint_dir(run_dir, stage, final)
     if final:
         checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/acc", mode="max",
                                      save_last=True, auto_insert_metric_name=False)
@@ -101,26 +116,32 @@ def train(config: Config) -> dict[str, Any]:
     compute: dict[str, Any] = {"epochs": 0, "image_passes": 0, "train_seconds": 0.0, "stages": {}}
     plan = stages(config)
     previous: Method | None = None
-    trainer = None
+    is_global_zero = True
     for i, stage in enumerate(plan):
         final = i == len(plan) - 1
-        module = stage.module(config=config.to_dict(), num_classes=len(classes), classes=classes,
-                              freeze_backbone=stage.freeze_backbone)
-        if stage.init_from is not None:
-            module.backbone.load_state_dict(previous.backbone.state_dict())
-        trainer = build_trainer(config, run_dir, stage, final)
-        start = time.perf_counter()
-        trainer.fit(module, datamodule=data)
-        seconds = time.perf_counter() - start
-        passes = module.image_passes * trainer.world_size
+        last = checkpoint_dir(run_dir, stage, final) / "last.ckpt"
+        resume = last if last.exists() else None
+        if resume is not None and resumable_epochs(resume, config, len(classes)) >= stage.epochs:
+            module = load_checkpoint(resume)  # finished before an interruption: nothing to redo
+        else:
+            module = stage.module(config=config.to_dict(), num_classes=len(classes), classes=classes,
+                                  freeze_backbone=stage.freeze_backbone)
+            if stage.init_from is not None:
+                module.backbone.load_state_dict(previous.backbone.state_dict())
+            trainer = build_trainer(config, run_dir, stage, final)
+            trainer.fit(module, datamodule=data, ckpt_path=resume)
+            is_global_zero = trainer.is_global_zero
+        passes = module.image_passes
+        seconds = round(module.train_seconds, 2)
         compute["stages"][stage.name] = {"module": module.name, "epochs": stage.epochs,
-                                         "image_passes": passes, "train_seconds": round(seconds, 2)}
+                                         "image_passes": passes, "train_seconds": seconds,
+                                         "resumed": resume is not None}
         compute["epochs"] += stage.epochs
         compute["image_passes"] += passes
         compute["train_seconds"] += seconds
         previous = module
     compute["train_seconds"] = round(compute["train_seconds"], 2)
-    if not trainer.is_global_zero:
+    if not is_global_zero:
         return {}
 
     best = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
@@ -128,6 +149,7 @@ def train(config: Config) -> dict[str, Any]:
     bundle = data.bundle
     results: dict[str, Any] = {
         "method": config.method.name,
+        "arm": config.arm or config.method.name,
         "dataset": config.data.dataset,
         "seed": config.seed,
         "backbone": config.model.backbone,

@@ -1,7 +1,7 @@
-"""A preset's grid of (method, seed) cells, each its own run directory, then one table.
+"""A preset's grid of (dataset, arm, seed) cells, each its own run directory, then the tables.
 
-A cell whose metrics.json exists is not run again, so rerunning the same command after
-a crash finishes the grid.
+A cell whose metrics.json exists is not run again, and a cell that was interrupted
+resumes from its last checkpoint, so rerunning the same command finishes the grid.
 """
 
 from __future__ import annotations
@@ -11,30 +11,47 @@ from pathlib import Path
 
 from fkt.config import Config, build_config, deep_merge
 from fkt.engine import train
-from fkt.report.tables import results_table, write_results
+from fkt.report.tables import write_results
 
 
-def cell_config(config: Config, method: str, seed: int, out: Path) -> Config:
+def passes_per_image(config: Config) -> int:
+    """Backbone passes one functional epoch costs per image: two views, plus the clean input."""
+    return 3 if config.method.classifier_input == "clean" else 2
+
+
+def cell_config(config: Config, dataset: str, arm: str, seed: int, out: Path) -> Config:
+    """The config of one cell: the preset, then its dataset's and its arm's overrides."""
     data = config.to_dict()
-    data["method"]["name"] = method
-    data = deep_merge(data, config.grid.per_method.get(method, {}))
-    data["seed"] = seed
-    data["out"] = str(out / "runs" / f"{config.data.dataset}-{method}-seed{seed}")
-    return build_config(data, f"grid cell {method}/seed {seed}")
+    data["data"]["dataset"] = dataset
+    data = deep_merge(data, config.grid.per_dataset.get(dataset, {}))
+    if arm == "supervised-matched":
+        functional = cell_config(config, dataset, "functional", seed, out)
+        data = deep_merge(data, config.grid.per_method.get(arm, {}))
+        data["method"]["name"] = "supervised"
+        data["trainer"]["epochs"] = functional.trainer.epochs * passes_per_image(functional)
+    else:
+        data["method"]["name"] = arm
+        data = deep_merge(data, config.grid.per_method.get(arm, {}))
+    data.update(seed=seed, arm=arm, out=str(Path(out) / "runs" / f"{dataset}-{arm}-seed{seed}"))
+    return build_config(data, f"grid cell {dataset}/{arm}/seed {seed}")
+
+
+def cells(config: Config, out: Path) -> list[Config]:
+    datasets = config.grid.datasets or [config.data.dataset]
+    return [cell_config(config, dataset, arm, seed, out)
+            for dataset in datasets for arm in config.grid.methods for seed in config.grid.seeds]
 
 
 def run_grid(config: Config, out: Path) -> str:
+    """Run every cell not yet done, then write results.csv and results.md; returns the Markdown."""
     out = Path(out)
-    rows = []
-    for method in config.grid.methods:
-        for seed in config.grid.seeds:
-            cell = cell_config(config, method, seed, out)
-            metrics_file = Path(cell.out) / "metrics.json"
-            if metrics_file.exists():
-                print(f"[fkt] {cell.out}: done already, skipped")
-                rows.append(json.loads(metrics_file.read_text()))
-                continue
-            print(f"[fkt] training {method}, seed {seed} -> {cell.out}", flush=True)
-            rows.append(train(cell))
-    write_results(out, rows)
-    return results_table(rows)
+    runs = []
+    for cell in cells(config, out):
+        metrics_file = Path(cell.out) / "metrics.json"
+        if metrics_file.exists():
+            print(f"[fkt] {cell.out}: done already, skipped", flush=True)
+            runs.append(json.loads(metrics_file.read_text()))
+            continue
+        print(f"[fkt] training {cell.arm} on {cell.data.dataset}, seed {cell.seed} -> {cell.out}", flush=True)
+        runs.append(train(cell))
+    return write_results(out, runs)

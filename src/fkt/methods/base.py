@@ -9,6 +9,7 @@ same views, heads, evaluation and budget accounting by construction.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import pytorch_lightning as pl
@@ -56,7 +57,10 @@ class Method(pl.LightningModule):
         self.normalize = Normalize()
         self.contrastive = contrastive_loss(cfg.method.temperature)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.image_passes = 0  # images through the backbone in training steps, this rank
+        self.image_passes = 0  # images through the backbone in training steps, all ranks together
+        self.world_size = 1
+        self.train_seconds = 0.0  # wall time in fit, carried across a resume
+        self._clock: float | None = None
 
     # --- what a method defines -------------------------------------------------------
     def losses(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -72,7 +76,7 @@ class Method(pl.LightningModule):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features; every image pushed through here in training counts as one pass."""
         if self.training:
-            self.image_passes += images.shape[0]
+            self.image_passes += images.shape[0] * self.world_size  # equal shards on every rank
         return self.features(images)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -99,11 +103,22 @@ class Method(pl.LightningModule):
     # --- Lightning hooks ----------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Before the strategy wraps the model (DDP needs requires_grad settled by then)."""
-        if self.trainer.world_size > 1:
+        self.world_size = self.trainer.world_size
+        if self.world_size > 1:
             self.contrastive = contrastive_loss(self.cfg.method.temperature, self.trainer.world_size)
         trainable = {id(p) for m in self.trainable() for p in m.parameters()}
         for p in self.parameters():
             p.requires_grad_(id(p) in trainable)
+
+    def on_train_start(self) -> None:
+        self._clock = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        self.train_seconds = self.elapsed()
+        self._clock = None
+
+    def elapsed(self) -> float:
+        return self.train_seconds + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
 
     def train(self, mode: bool = True) -> "Method":
         super().train(mode)
@@ -119,7 +134,7 @@ class Method(pl.LightningModule):
         batch_size = images.shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
-        self.log("compute/image_passes", float(self.image_passes * self.trainer.world_size),
+        self.log("compute/image_passes", float(self.image_passes),
                  on_step=True, on_epoch=False, batch_size=batch_size)
         return loss
 
@@ -149,7 +164,10 @@ class Method(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["fkt"] = {"module": self.name, "image_passes": self.image_passes}
+        checkpoint["fkt"] = {"module": self.name, "image_passes": self.image_passes,
+                             "train_seconds": self.elapsed()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.image_passes = checkpoint.get("fkt", {}).get("image_passes", 0)
+        info = checkpoint.get("fkt", {})
+        self.image_passes = info.get("image_passes", 0)
+        self.train_seconds = info.get("train_seconds", 0.0)

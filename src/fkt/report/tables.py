@@ -1,4 +1,4 @@
-"""Results as CSV (one row per run) and Markdown (mean ± std per dataset x method)."""
+"""Results as CSV (one row per run) and Markdown (mean ± std per dataset x arm, paired tests)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,22 @@ from collections import defaultdict
 from pathlib import Path
 
 from fkt.io import atomic_write_text
+from fkt.report.paper import paper_figures
+from fkt.report.stats import paired_difference
 
 METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+# Which arm is compared with which, in this order, where both are in the results.
+COMPARISONS = (("functional", "representational"), ("functional", "supervised"),
+               ("functional", "supervised-matched"), ("representational", "supervised-matched"))
+
+
+def arm_of(run: dict) -> str:
+    return run.get("arm") or run["method"]
 
 
 def flat_row(run: dict) -> dict:
-    row = {"dataset": run["dataset"], "method": run["method"], "seed": run["seed"],
-           "val_accuracy": run["val"]["accuracy"]}
+    row = {"dataset": run["dataset"], "arm": arm_of(run), "method": run["method"], "seed": run["seed"],
+           "backbone": run.get("backbone", ""), "val_accuracy": run["val"]["accuracy"]}
     row.update({m: run["test"][m] for m in METRICS + ("qwk",) if m in run["test"]})
     row.update({k: run["compute"][k] for k in ("epochs", "image_passes", "train_seconds")})
     return row
@@ -28,27 +37,61 @@ def mean_std(values: list[float], scale: float = 100.0) -> str:
     return f"{mean:.2f} ± {statistics.stdev(values) * scale:.2f}"
 
 
-def results_table(runs: list[dict]) -> str:
-    """One Markdown row per (dataset, method): test metrics as mean ± std over seeds, and compute."""
+def grouped(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in runs:
-        groups[(run["dataset"], run["method"])].append(flat_row(run))
+        groups[(run["dataset"], arm_of(run))].append(flat_row(run))
+    return groups
+
+
+def results_table(runs: list[dict]) -> str:
+    """One row per (dataset, arm): test metrics as mean ± std over seeds, compute, and the paper's figures."""
+    groups = grouped(runs)
     ordinal = any("qwk" in r for rows in groups.values() for r in rows)
-    head = ["dataset", "method", "n", "accuracy %", "precision %", "recall %", "F1 %"]
+    paper = {key: paper_figures(key[0], key[1], rows[0]["backbone"]) for key, rows in groups.items()}
+    head = ["dataset", "arm", "n", "accuracy %", "precision %", "recall %", "F1 %"]
     head += ["QWK %"] if ordinal else []
     head += ["epochs", "image passes", "train s"]
+    head += ["paper accuracy %"] if any(paper.values()) else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (dataset, method), rows in groups.items():
-        cells = [dataset, method, str(len(rows))] + [mean_std([r[m] for r in rows]) for m in METRICS]
+    for (dataset, arm), rows in groups.items():
+        cells = [dataset, arm, str(len(rows))] + [mean_std([r[m] for r in rows]) for m in METRICS]
         if ordinal:
             cells.append(mean_std([r["qwk"] for r in rows]) if "qwk" in rows[0] else "")
         cells += [str(rows[0]["epochs"]), f"{rows[0]['image_passes']:,}",
                   f"{statistics.fmean(r['train_seconds'] for r in rows):.0f}"]
+        if any(paper.values()):
+            figures = paper[(dataset, arm)].get("accuracy")
+            cells.append(f"{figures[0]:.2f} ± {figures[1]:.2f}" if figures else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_results(out: Path, runs: list[dict]) -> None:
+def significance_table(runs: list[dict]) -> str:
+    """Paired test-accuracy differences per dataset (seed s against seed s), in points."""
+    groups = grouped(runs)
+    lines = ["| dataset | comparison | pairs | mean difference (points) | 95% CI | p (paired t) | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for dataset in dict.fromkeys(d for d, _ in groups):
+        for a, b in COMPARISONS:
+            if (dataset, a) not in groups or (dataset, b) not in groups:
+                continue
+            test = paired_difference({r["seed"]: r["accuracy"] for r in groups[(dataset, a)]},
+                                     {r["seed"]: r["accuracy"] for r in groups[(dataset, b)]})
+            if test["p_value"] is None:
+                ci, p, verdict = "", "", "too few seeds to test"
+            else:
+                ci = f"[{100 * test['ci_low']:+.2f}, {100 * test['ci_high']:+.2f}]"
+                p = f"{test['p_value']:.3g}"
+                verdict = (f"{a if test['mean_diff'] > 0 else b} better (p < 0.05)" if test["significant"]
+                           else "not significant: no difference shown")
+            lines.append(f"| {dataset} | {a} - {b} | {test['n']} | {100 * test['mean_diff']:+.2f} | {ci} | {p} "
+                         f"| {verdict} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def write_results(out: Path, runs: list[dict]) -> str:
+    """results.csv and results.md under `out`; returns the Markdown."""
     rows = [flat_row(r) for r in runs]
     fields = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()
@@ -56,4 +99,9 @@ def write_results(out: Path, runs: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(Path(out) / "results.csv", buffer.getvalue())
-    atomic_write_text(Path(out) / "results.md", results_table(runs))
+    markdown = "## Test metrics (mean ± std over seeds)\n\n" + results_table(runs)
+    significance = significance_table(runs)
+    if significance:
+        markdown += "\n## Paired differences in test accuracy\n\n" + significance
+    atomic_write_text(Path(out) / "results.md", markdown)
+    return markdown
