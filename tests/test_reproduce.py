@@ -117,3 +117,28 @@ def test_a_different_runs_checkpoint_is_not_resumed(make_dataset, tmp_path):
     (tmp_path / "run" / "metrics.json").unlink()
     with pytest.raises(UserError, match="last.ckpt: left by a different run"):
         train(build_config({**base, "method": {"name": "supervised"}}))
+
+
+def test_grid_writes_learning_curves_and_confusion_matrices(make_dataset, tmp_path):
+    data = make_dataset("imagefolder", num_classes=3, train_per_class=8, test_per_class=2)
+    config = build_config({
+        "data": {"dataset": "imagefolder", "root": str(data.root), "image_size": 32, "batch_size": 8,
+                 "val_fraction": 0.25, "num_workers": 0},
+        "trainer": {"epochs": 2, "pretrain_epochs": 1, "accelerator": "cpu", "progress_bar": False},
+        "grid": {"methods": ["representational", "functional"], "seeds": [0]},
+    })
+    run_grid(config, tmp_path)
+    from PIL import Image
+
+    from fkt.report.figures import validation_curve
+
+    for name in ("imagefolder-learning-curves.png", "imagefolder-functional-confusion.png",
+                 "imagefolder-representational-confusion.png", "imagefolder-gradcam.png"):
+        with Image.open(tmp_path / "figures" / name) as img:
+            assert img.width > 200 and img.height > 150
+    rep = validation_curve(tmp_path / "runs" / "imagefolder-representational-seed0", "finetune")
+    func = validation_curve(tmp_path / "runs" / "imagefolder-functional-seed0", "train")
+    assert len(rep) == len(func) == 2
+    # representational's curve starts after its pretraining passes (two views of every image, one epoch)
+    assert rep[0][0] == 2 * 16 + 16 and rep[1][0] == 2 * 16 + 2 * 16
+    assert [p for p, _ in func] == [3 * 16, 6 * 16]

@@ -134,6 +134,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cam(args: argparse.Namespace) -> int:
+    from fkt.report.gradcam import cam_from_checkpoints
+
+    path = cam_from_checkpoints(args.checkpoint, args.dataset, args.data_root, args.images, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="fkt", description="Functional knowledge transfer: train, compare, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -152,6 +160,15 @@ def build_parser() -> Parser:
 
     datasets = sub.add_parser("datasets", help="which datasets are available here, and where from")
     datasets.set_defaults(func=cmd_datasets)
+
+    cam = sub.add_parser("cam", help="Grad-CAM grid: the same test images through each checkpoint")
+    cam.add_argument("--checkpoint", type=Path, action="append", required=True,
+                     help="repeat for one column per checkpoint")
+    cam.add_argument("--dataset")
+    cam.add_argument("--data-root", type=Path)
+    cam.add_argument("--images", type=int, default=8)
+    cam.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    cam.set_defaults(func=cmd_cam)
 
     reproduce = sub.add_parser("reproduce", help="run a preset's grid of methods x seeds and tabulate")
     add_run_flags(reproduce)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from fkt.config import Config, build_config, deep_merge
 from fkt.engine import train
+from fkt.report.figures import grid_figures
+from fkt.report.gradcam import cam_from_checkpoints
 from fkt.report.tables import write_results
 
 
@@ -45,8 +47,9 @@ def cells(config: Config, out: Path) -> list[Config]:
 def run_grid(config: Config, out: Path) -> str:
     """Run every cell not yet done, then write results.csv and results.md; returns the Markdown."""
     out = Path(out)
-    runs = []
+    runs, run_dirs = [], []
     for cell in cells(config, out):
+        run_dirs.append(Path(cell.out))
         metrics_file = Path(cell.out) / "metrics.json"
         if metrics_file.exists():
             print(f"[fkt] {cell.out}: done already, skipped", flush=True)
@@ -54,4 +57,23 @@ def run_grid(config: Config, out: Path) -> str:
             continue
         print(f"[fkt] training {cell.arm} on {cell.data.dataset}, seed {cell.seed} -> {cell.out}", flush=True)
         runs.append(train(cell))
+    grid_figures(out, runs, run_dirs)
+    for dataset in dict.fromkeys(run["dataset"] for run in runs):
+        checkpoints = cam_checkpoints([(r, d) for r, d in zip(runs, run_dirs) if r["dataset"] == dataset])
+        if checkpoints:
+            cam_from_checkpoints(checkpoints, dataset, None, 8, out / "figures" / f"{dataset}-gradcam.png")
     return write_results(out, runs)
+
+
+def cam_checkpoints(runs: list[tuple[dict, Path]]) -> list[Path]:
+    """The paper's Grad-CAM columns at the lowest seed: SSL-pretrained, representational,
+    functional, then the supervised arms."""
+    seed = min(run["seed"] for run, _ in runs)
+    by_arm = {(run.get("arm") or run["method"]): run_dir for run, run_dir in runs if run["seed"] == seed}
+    columns = []
+    if "representational" in by_arm:
+        columns.append(by_arm["representational"] / "checkpoints" / "pretrain" / "last.ckpt")
+    for arm in ("representational", "functional", "supervised", "supervised-matched"):
+        if arm in by_arm:
+            columns.append(by_arm[arm] / "checkpoints" / "best.ckpt")
+    return [c for c in columns if c.exists()]

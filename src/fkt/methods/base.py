@@ -145,6 +145,10 @@ class Method(pl.LightningModule):
         self.log("val/loss", classification_loss(logits, targets), sync_dist=True, batch_size=images.shape[0])
         self.log("val/acc", self.val_acc, prog_bar=True, batch_size=images.shape[0])
 
+    def on_validation_epoch_end(self) -> None:
+        # beside val/acc in the same log row, so learning curves can be drawn against compute
+        self.log("val/image_passes", float(self.image_passes))
+
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.optimizer_settings(), [p for m in self.trainable() for p in m.parameters()])
         schedule = self.cfg.optim

@@ -1,0 +1,110 @@
+"""Grad-CAM grids: the same test images through several checkpoints, side by side.
+
+Grad-CAM (captum's LayerGradCam on the backbone's last stage) explains the predicted class
+of a classifier. A SimCLR-pretrained checkpoint has no trained classifier, so for it the map
+explains the norm of its projection instead: what its features respond to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from torch import nn
+
+from fkt.data.transforms import denormalize
+from fkt.report.figures import plt, save
+
+
+class _ProjectionNorm(nn.Module):
+    def __init__(self, module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module.projector(self.module.features(images)).norm(dim=1, keepdim=True)
+
+
+def cam_maps(module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Heat maps in [0, 1] at the image size, and the predicted classes (None for SimCLR)."""
+    module = module.eval()
+    ssl_only = module.name == "simclr"
+    model = _ProjectionNorm(module) if ssl_only else module
+    with torch.no_grad():
+        preds = None if ssl_only else module(images).argmax(dim=1)
+    target = torch.zeros(len(images), dtype=torch.long) if ssl_only else preds
+    attr = LayerGradCam(model, module.backbone.layer4).attribute(images, target=target, relu_attributions=True)
+    maps = LayerAttribution.interpolate(attr, tuple(images.shape[-2:]), interpolate_mode="bilinear")[:, 0]
+    peak = maps.flatten(1).max(dim=1).values.clamp_min(1e-12).view(-1, 1, 1)
+    return (maps / peak).detach(), preds
+
+
+def cam_grid(modules: list, names: list[str], images: torch.Tensor, targets: torch.Tensor,
+             classes: list[str], path: Path) -> None:
+    """Rows: images. Columns: the image itself, then one Grad-CAM overlay per checkpoint."""
+    shown = denormalize(images).permute(0, 2, 3, 1).numpy()
+    columns = [cam_maps(m, images) for m in modules]
+    rows, cols = len(images), 1 + len(modules)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows), squeeze=False)
+    for r in range(rows):
+        axes[r, 0].imshow(shown[r])
+        axes[r, 0].set_title(f"true: {classes[targets[r]]}", fontsize=7)
+        for c, ((maps, preds), name) in enumerate(zip(columns, names), start=1):
+            axes[r, c].imshow(shown[r])
+            axes[r, c].imshow(maps[r].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            label = "SSL features" if preds is None else f"pred: {classes[preds[r]]}"
+            ok = preds is None or preds[r] == targets[r]
+            axes[r, c].set_title(f"{name}\n{label}", fontsize=7, color="black" if ok else "red")
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    save(fig, path)
+
+
+def pick_images(dataset, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` test images, one class after another where there are enough classes, seeded."""
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(dataset.images.targets)
+    order = []
+    for label in rng.permutation(np.unique(targets)):
+        order.append(int(rng.choice(np.flatnonzero(targets == label))))
+    rest = [i for i in rng.permutation(len(targets)) if i not in set(order)]
+    chosen = (order + rest)[:count]
+    images, labels = zip(*(dataset[i] for i in chosen))
+    return torch.stack(images), torch.tensor(labels)
+
+
+def column_name(module) -> str:
+    return "SSL-pretrained" if module.name == "simclr" else (module.cfg.arm or module.cfg.method.name)
+
+
+def cam_from_checkpoints(checkpoints: list[Path], dataset: str | None, data_root: Path | None,
+                         count: int, path: Path) -> Path:
+    """`fkt cam`: a grid of the same `count` test images through every checkpoint."""
+    from fkt.data.module import FKTDataModule
+    from fkt.errors import UserError
+    from fkt.evaluate import load_checkpoint
+
+    modules = [load_checkpoint(c) for c in checkpoints]
+    config = modules[0].cfg.model_copy(deep=True)
+    for checkpoint, module in zip(checkpoints, modules):
+        if dataset is not None and module.cfg.data.dataset != dataset:
+            raise UserError(f"--checkpoint {checkpoint}: trained on {module.cfg.data.dataset}, not {dataset}")
+        if module.cfg.data.image_size != config.data.image_size:
+            raise UserError(f"--checkpoint {checkpoint}: image size {module.cfg.data.image_size} differs from "
+                            f"{config.data.image_size} of the first checkpoint")
+    if count < 1:
+        raise UserError(f"--images {count}: must be at least 1")
+    if data_root is not None:
+        config.data.root = data_root
+    split_file = Path(checkpoints[0]).resolve().parent.parent / "split.json"
+    if not split_file.exists():  # checkpoints/pretrain/last.ckpt sits one folder deeper
+        split_file = split_file.parent.parent / "split.json"
+    data = FKTDataModule(config, split_file=split_file if split_file.exists() else None)
+    data.setup()
+    images, targets = pick_images(data.sets["test"], count)
+    cam_grid(modules, [column_name(m) for m in modules], modules[0].normalize(images), targets, data.classes,
+             Path(path))
+    return Path(path)
