@@ -27,8 +27,19 @@ def test_every_preset_validates(path):
         assert (config.optim.ssl.name, config.optim.ssl.lr) == ("lars", 0.001)
         assert (config.optim.supervised.name, config.optim.supervised.lr) == ("sgd", 0.025)
         assert config.method.temperature == 0.5
-        assert config.model.backbone == ("resnet18" if "resnet18" in path.stem else "resnet50")
-        assert config.grid.methods == ["representational", "functional"]
+        assert config.model.backbone == ("resnet18" if path.stem in ("paper-intel-image-resnet18", "paper-table3") else "resnet50")
+        assert config.grid.methods[:2] == ["representational", "functional"]
+
+
+def test_paper_table2_grid_spans_three_datasets_at_their_sizes():
+    from fkt.reproduce import cells
+
+    grid = cells(resolve(CONFIGS[0].parent / "paper-table2.yaml", {}, []), "out")
+    assert len(grid) == 3 * 3 * 3
+    sizes = {(c.data.dataset, c.data.image_size) for c in grid}
+    assert sizes == {("cifar10", 32), ("intel-image", 150), ("aptos2019", 224)}
+    matched = [c for c in grid if c.arm == "supervised-matched"]
+    assert all(c.method.name == "supervised" and c.trainer.epochs == 300 for c in matched)
 
 
 def test_precedence_file_then_flags_then_set(tmp_path):
