@@ -133,9 +133,14 @@ def test_grid_writes_learning_curves_and_confusion_matrices(make_dataset, tmp_pa
     from fkt.report.figures import validation_curve
 
     for name in ("imagefolder-learning-curves.png", "imagefolder-functional-confusion.png",
-                 "imagefolder-representational-confusion.png", "imagefolder-gradcam.png"):
+                 "imagefolder-representational-confusion.png", "imagefolder-gradcam.png",
+                 "imagefolder-SSL-pretrained-tsne.png", "imagefolder-functional-tsne.png"):
         with Image.open(tmp_path / "figures" / name) as img:
             assert img.width > 200 and img.height > 150
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(list((tmp_path / "figures").glob("*.png"))) >= 7
+    assert "<table>" in page and "functional" in page
+    assert "figures/imagefolder-gradcam.png" in (tmp_path / "report.md").read_text()
     rep = validation_curve(tmp_path / "runs" / "imagefolder-representational-seed0", "finetune")
     func = validation_curve(tmp_path / "runs" / "imagefolder-functional-seed0", "train")
     assert len(rep) == len(func) == 2

@@ -12,7 +12,9 @@ from pathlib import Path
 from fkt.config import Config, build_config, deep_merge
 from fkt.engine import train
 from fkt.report.figures import grid_figures
+from fkt.report.embedding import embedding_plot
 from fkt.report.gradcam import cam_from_checkpoints
+from fkt.report.page import write_report
 from fkt.report.tables import write_results
 
 
@@ -62,7 +64,28 @@ def run_grid(config: Config, out: Path) -> str:
         checkpoints = cam_checkpoints([(r, d) for r, d in zip(runs, run_dirs) if r["dataset"] == dataset])
         if checkpoints:
             cam_from_checkpoints(checkpoints, dataset, None, 8, out / "figures" / f"{dataset}-gradcam.png")
-    return write_results(out, runs)
+            embeddings(checkpoints, out / "figures", dataset)
+    markdown = write_results(out, runs)
+    write_report(out, markdown)
+    return markdown
+
+
+def embeddings(checkpoints: list[Path], folder: Path, dataset: str) -> None:
+    """A t-SNE plot of each Grad-CAM column's backbone on the test set."""
+    from fkt.data.module import FKTDataModule
+    from fkt.evaluate import load_checkpoint
+    from fkt.report.gradcam import column_name
+
+    data = None
+    for checkpoint in checkpoints:
+        module = load_checkpoint(checkpoint)
+        if data is None:
+            run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parents[2]
+            data = FKTDataModule(module.cfg, split_file=run_dir / "split.json")
+            data.setup()
+        name = column_name(module)
+        embedding_plot(module, data.sets["test"], data.classes, folder / f"{dataset}-{name}-tsne.png",
+                       f"{dataset}: {name} backbone features (t-SNE, test set)")
 
 
 def cam_checkpoints(runs: list[tuple[dict, Path]]) -> list[Path]:
