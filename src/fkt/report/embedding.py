@@ -21,7 +21,7 @@ def backbone_features(module, dataset, indices: np.ndarray, batch: int = 256) ->
     return torch.cat(feats).numpy()
 
 
-def embedding_plot(module, dataset, classes: list[str], path: Path, title: str, limit: int = 1000,
+def embedding_plot(module, dataset, classes: list[str], path: Path, title: str, limit: int = 800,
                    seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     indices = np.sort(rng.permutation(len(dataset))[:limit])
