@@ -68,3 +68,15 @@ def test_cam_refuses_bad_input(trained, tmp_path, capsys):
     assert main(["cam", "--checkpoint", best, "--dataset", "cifar10", "--out", str(tmp_path / "x.png")]) == 2
     assert "trained on imagefolder" in capsys.readouterr().err
     assert main(["cam", "--checkpoint", best, "--images", "0", "--out", str(tmp_path / "x.png")]) == 2
+
+
+def test_cam_layer_keeps_a_spatial_map():
+    from fkt.models import build_backbone
+    from fkt.report.gradcam import cam_layer
+
+    imagenet, _ = build_backbone("resnet18", "imagenet")
+    small, _ = build_backbone("resnet18", "small")
+    x32 = torch.zeros(1, 3, 32, 32)
+    assert cam_layer(imagenet.eval(), x32) is imagenet.layer2  # 8, 4, 2, 1 pixels a side
+    assert cam_layer(small.eval(), x32) is small.layer4  # 32, 16, 8, 4
+    assert cam_layer(imagenet.eval(), torch.zeros(1, 3, 224, 224)) is imagenet.layer4  # 7x7

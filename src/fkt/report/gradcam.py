@@ -1,7 +1,8 @@
 """Grad-CAM grids: the same test images through several checkpoints, side by side.
 
-Grad-CAM (captum's LayerGradCam on the backbone's last stage) explains the predicted class
-of a classifier. A SimCLR-pretrained checkpoint has no trained classifier, so for it the map
+Grad-CAM (captum's LayerGradCam) explains the predicted class of a classifier from the
+deepest ResNet stage whose maps are still at least 4x4 (at 32 px with the ImageNet stem the
+last stage is 1x1, where a "map" is one number). A SimCLR-pretrained checkpoint has no trained classifier, so for it the map
 explains the norm of its projection instead: what its features respond to.
 """
 
@@ -27,6 +28,22 @@ class _ProjectionNorm(nn.Module):
         return self.module.projector(self.module.features(images)).norm(dim=1, keepdim=True)
 
 
+def cam_layer(backbone: nn.Module, images: torch.Tensor, min_side: int = 4) -> nn.Module:
+    """The deepest of layer4..layer1 whose output keeps at least `min_side` pixels a side."""
+    sizes = {}
+    hooks = [getattr(backbone, name).register_forward_hook(
+        lambda m, i, out, name=name: sizes.__setitem__(name, min(out.shape[-2:])))
+        for name in ("layer1", "layer2", "layer3", "layer4")]
+    with torch.no_grad():
+        backbone(images[:1])
+    for hook in hooks:
+        hook.remove()
+    for name in ("layer4", "layer3", "layer2", "layer1"):
+        if sizes[name] >= min_side:
+            return getattr(backbone, name)
+    return backbone.layer1
+
+
 def cam_maps(module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Heat maps in [0, 1] at the image size, and the predicted classes (None for SimCLR)."""
     module = module.eval()
@@ -35,7 +52,8 @@ def cam_maps(module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor |
     with torch.no_grad():
         preds = None if ssl_only else module(images).argmax(dim=1)
     target = torch.zeros(len(images), dtype=torch.long) if ssl_only else preds
-    attr = LayerGradCam(model, module.backbone.layer4).attribute(images, target=target, relu_attributions=True)
+    layer = cam_layer(module.backbone, images.contiguous(memory_format=module.memory_format))
+    attr = LayerGradCam(model, layer).attribute(images, target=target, relu_attributions=True)
     maps = LayerAttribution.interpolate(attr, tuple(images.shape[-2:]), interpolate_mode="bilinear")[:, 0]
     peak = maps.flatten(1).max(dim=1).values.clamp_min(1e-12).view(-1, 1, 1)
     return (maps / peak).detach(), preds
