@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import (INTEL_CLASSES, Generated, class_value, label_of, make_aptos, make_cifar10,
-                      make_fashion_mnist, make_imagefolder, make_intel_image, write_idx)
+from conftest import (INTEL_CLASSES, class_value, label_of, make_cifar10,
+                      make_fashion_mnist, write_idx)
 from fkt.data import DATASETS, aptos, cifar10, fashion_mnist, imagefolder, intel_image, load_dataset
 from fkt.data.base import ImageSet
 from fkt.data.splits import load_splits, make_splits, save_splits, stratified_holdout, stratified_subset

@@ -8,7 +8,6 @@ import math
 import pytest
 
 from fkt.config import build_config
-from pathlib import Path
 
 from fkt.reproduce import cell_config, cells, run_grid
 from fkt.report.stats import paired_difference

@@ -159,6 +159,7 @@ def train(config: Config) -> dict[str, Any]:
         results[split] = classification_metrics(logits, targets, classes, ordinal=bundle.ordinal)
     results["compute"] = compute
     results["classes"] = classes
+    results["data_notes"] = bundle.notes
     results["checkpoint"] = "checkpoints/best.ckpt"
     atomic_write_json(run_dir / "metrics.json", results)
     return results

@@ -84,6 +84,8 @@ class FKTDataModule(pl.LightningDataModule):
             return
         cfg = self.config.data
         self.bundle = bundle = load_dataset(cfg.dataset, cfg.root)
+        for note in bundle.notes:
+            print(f"[fkt] {note}", flush=True)
         meta = {"dataset": cfg.dataset, "split_seed": cfg.split_seed, "val_fraction": cfg.val_fraction,
                 "test_fraction": cfg.test_fraction, "limit_train": cfg.limit_train, "n_source": len(bundle.train)}
         if self.split_file is not None and self.split_file.exists():

@@ -16,7 +16,7 @@ def write_report(out: Path, markdown: str) -> tuple[Path, Path]:
     md = ["# fkt report", "", markdown, "## Figures", ""]
     md += [f"### {f.stem}\n\n![{f.stem}](figures/{f.name})\n" for f in figures]
     atomic_write_text(out / "report.md", "\n".join(md))
-    body = [f"<h1>fkt report</h1>", markdown_tables_to_html(markdown), "<h2>Figures</h2>"]
+    body = ["<h1>fkt report</h1>", markdown_tables_to_html(markdown), "<h2>Figures</h2>"]
     for f in figures:
         data = base64.b64encode(f.read_bytes()).decode()
         body.append(f"<h3>{html.escape(f.stem)}</h3><img src='data:image/png;base64,{data}' style='max-width:100%'>")
