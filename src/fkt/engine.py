@@ -165,22 +165,31 @@ def train(config: Config) -> dict[str, Any]:
     return results
 
 
+def checkpoint_data(module: Method, checkpoint: Path, data_root: Path | None = None) -> FKTDataModule:
+    """The data a checkpoint was trained on, with its run's saved split where the run directory
+    is at hand (`<run>/checkpoints/[<stage>/]x.ckpt`), else the same split made again."""
+    config = module.cfg.model_copy(deep=True)
+    if data_root is not None:
+        config.data.root = data_root
+    folder = Path(checkpoint).resolve().parent
+    candidates = [folder.parent / "split.json", folder.parent.parent / "split.json"]
+    split_file = next((c for c in candidates if c.exists()), None)
+    data = FKTDataModule(config, split_file=split_file)
+    data.setup()
+    return data
+
+
 def evaluate_checkpoint(checkpoint: Path, dataset: str | None, data_root: Path | None,
                         out: Path | None) -> dict[str, Any]:
     """Test metrics of a saved checkpoint, on the same split its run used where that is known."""
     module = load_checkpoint(checkpoint)
-    config = module.cfg.model_copy(deep=True)
-    if dataset is not None and dataset != config.data.dataset:
-        raise UserError(f"--dataset {dataset}: the checkpoint was trained on {config.data.dataset}")
-    if data_root is not None:
-        config.data.root = data_root
-    split_file = Path(checkpoint).resolve().parent.parent / "split.json"
-    data = FKTDataModule(config, split_file=split_file if split_file.exists() else None)
-    data.setup()
+    if dataset is not None and dataset != module.cfg.data.dataset:
+        raise UserError(f"--dataset {dataset}: the checkpoint was trained on {module.cfg.data.dataset}")
+    data = checkpoint_data(module, checkpoint, data_root)
     if data.classes != module.hparams.classes and module.hparams.classes is not None:
         raise UserError(f"--checkpoint {checkpoint}: its classes differ from the dataset's")
-    logits, targets = predict(module, data.loader("test"), evaluation_device(config))
-    results = {"checkpoint": str(checkpoint), "dataset": config.data.dataset,
+    logits, targets = predict(module, data.loader("test"), evaluation_device(module.cfg))
+    results = {"checkpoint": str(checkpoint), "dataset": module.cfg.data.dataset,
                "test": classification_metrics(logits, targets, data.classes, ordinal=data.bundle.ordinal)}
     if out is not None:
         atomic_write_json(Path(out) / "eval.json", results)

@@ -13,9 +13,9 @@ from fkt.config import Config, build_config, deep_merge
 from fkt.engine import train
 from fkt.report.figures import grid_figures
 from fkt.report.embedding import embedding_plot
-from fkt.report.gradcam import cam_from_checkpoints
+from fkt.report.gradcam import cam_from_checkpoints, column_name, load_columns
 from fkt.report.page import write_report
-from fkt.report.tables import write_results
+from fkt.report.tables import arm_of, write_results
 
 
 def passes_per_image(config: Config) -> int:
@@ -63,36 +63,19 @@ def run_grid(config: Config, out: Path) -> str:
     for dataset in dict.fromkeys(run["dataset"] for run in runs):
         checkpoints = cam_checkpoints([(r, d) for r, d in zip(runs, run_dirs) if r["dataset"] == dataset])
         if checkpoints:
-            cam_from_checkpoints(checkpoints, dataset, None, 8, out / "figures" / f"{dataset}-gradcam.png")
-            embeddings(checkpoints, out / "figures", dataset)
+            loaded = load_columns(checkpoints, dataset, None)
+            cam_from_checkpoints(checkpoints, dataset, None, 8, out / "figures" / f"{dataset}-gradcam.png", loaded)
+            embeddings(*loaded, out / "figures", dataset)
     markdown = write_results(out, runs)
     write_report(out, markdown)
     return markdown
-
-
-def embeddings(checkpoints: list[Path], folder: Path, dataset: str) -> None:
-    """A t-SNE plot of each Grad-CAM column's backbone on the test set."""
-    from fkt.data.module import FKTDataModule
-    from fkt.evaluate import load_checkpoint
-    from fkt.report.gradcam import column_name
-
-    data = None
-    for checkpoint in checkpoints:
-        module = load_checkpoint(checkpoint)
-        if data is None:
-            run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parents[2]
-            data = FKTDataModule(module.cfg, split_file=run_dir / "split.json")
-            data.setup()
-        name = column_name(module)
-        embedding_plot(module, data.sets["test"], data.classes, folder / f"{dataset}-{name}-tsne.png",
-                       f"{dataset}: {name} backbone features (t-SNE, test set)")
 
 
 def cam_checkpoints(runs: list[tuple[dict, Path]]) -> list[Path]:
     """The paper's Grad-CAM columns at the lowest seed: SSL-pretrained, representational,
     functional, then the supervised arms."""
     seed = min(run["seed"] for run, _ in runs)
-    by_arm = {(run.get("arm") or run["method"]): run_dir for run, run_dir in runs if run["seed"] == seed}
+    by_arm = {arm_of(run): run_dir for run, run_dir in runs if run["seed"] == seed}
     columns = []
     if "representational" in by_arm:
         columns.append(by_arm["representational"] / "checkpoints" / "pretrain" / "last.ckpt")
@@ -100,3 +83,11 @@ def cam_checkpoints(runs: list[tuple[dict, Path]]) -> list[Path]:
         if arm in by_arm:
             columns.append(by_arm[arm] / "checkpoints" / "best.ckpt")
     return [c for c in columns if c.exists()]
+
+
+def embeddings(modules: list, data, folder: Path, dataset: str) -> None:
+    """A t-SNE plot of each Grad-CAM column's backbone on the test set."""
+    for module in modules:
+        name = column_name(module)
+        embedding_plot(module, data.sets["test"], data.classes, folder / f"{dataset}-{name}-tsne.png",
+                       f"{dataset}: {name} backbone features (t-SNE, test set)")

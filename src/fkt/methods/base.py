@@ -72,6 +72,9 @@ class Method(pl.LightningModule):
     def optimizer_settings(self) -> OptimizerConfig:
         raise NotImplementedError
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.trainable() for p in m.parameters()]
+
     # --- building blocks the methods compose ------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features; every image pushed through here in training counts as one pass."""
@@ -105,8 +108,8 @@ class Method(pl.LightningModule):
         """Before the strategy wraps the model (DDP needs requires_grad settled by then)."""
         self.world_size = self.trainer.world_size
         if self.world_size > 1:
-            self.contrastive = contrastive_loss(self.cfg.method.temperature, self.trainer.world_size)
-        trainable = {id(p) for m in self.trainable() for p in m.parameters()}
+            self.contrastive = contrastive_loss(self.cfg.method.temperature, self.world_size)
+        trainable = {id(p) for p in self.trainable_parameters()}
         for p in self.parameters():
             p.requires_grad_(id(p) in trainable)
 
@@ -150,7 +153,7 @@ class Method(pl.LightningModule):
         self.log("val/image_passes", float(self.image_passes))
 
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.optimizer_settings(), [p for m in self.trainable() for p in m.parameters()])
+        optimizer = build_optimizer(self.optimizer_settings(), self.trainable_parameters())
         schedule = self.cfg.optim
         if schedule.schedule == "constant" and schedule.warmup_epochs == 0:
             return optimizer

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fkt.io import atomic_write
+from fkt.report.tables import arm_of
 
 
 def validation_curve(run_dir: Path, final_stage: str) -> list[tuple[float, float]]:
@@ -40,7 +41,7 @@ def learning_curves(runs: list[dict], run_dirs: list[Path], path: Path, title: s
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colours = {}
     for run, run_dir in zip(runs, run_dirs):
-        arm = run.get("arm") or run["method"]
+        arm = arm_of(run)
         stage = "finetune" if run["method"] == "representational" else "train"
         points = validation_curve(run_dir, stage)
         if not points:
@@ -83,7 +84,7 @@ def grid_figures(out: Path, runs: list[dict], run_dirs: list[Path]) -> list[Path
         written.append(path)
         seen = set()
         for i in sorted(idx, key=lambda i: runs[i]["seed"]):
-            arm = runs[i].get("arm") or runs[i]["method"]
+            arm = arm_of(runs[i])
             if arm in seen or "confusion_matrix" not in runs[i]["test"]:
                 continue
             seen.add(arm)

@@ -98,30 +98,31 @@ def column_name(module) -> str:
     return "SSL-pretrained" if module.name == "simclr" else (module.cfg.arm or module.cfg.method.name)
 
 
-def cam_from_checkpoints(checkpoints: list[Path], dataset: str | None, data_root: Path | None,
-                         count: int, path: Path) -> Path:
-    """`fkt cam`: a grid of the same `count` test images through every checkpoint."""
-    from fkt.data.module import FKTDataModule
+def load_columns(checkpoints: list[Path], dataset: str | None, data_root: Path | None):
+    """The checkpoints' modules and the test data they share (checked: same dataset and size)."""
+    from fkt.engine import checkpoint_data
     from fkt.errors import UserError
     from fkt.evaluate import load_checkpoint
 
     modules = [load_checkpoint(c) for c in checkpoints]
-    config = modules[0].cfg.model_copy(deep=True)
+    size = modules[0].cfg.data.image_size
     for checkpoint, module in zip(checkpoints, modules):
         if dataset is not None and module.cfg.data.dataset != dataset:
             raise UserError(f"--checkpoint {checkpoint}: trained on {module.cfg.data.dataset}, not {dataset}")
-        if module.cfg.data.image_size != config.data.image_size:
+        if module.cfg.data.image_size != size:
             raise UserError(f"--checkpoint {checkpoint}: image size {module.cfg.data.image_size} differs from "
-                            f"{config.data.image_size} of the first checkpoint")
+                            f"{size} of the first checkpoint")
+    return modules, checkpoint_data(modules[0], checkpoints[0], data_root)
+
+
+def cam_from_checkpoints(checkpoints: list[Path], dataset: str | None, data_root: Path | None,
+                         count: int, path: Path, loaded=None) -> Path:
+    """`fkt cam`: a grid of the same `count` test images through every checkpoint."""
+    from fkt.errors import UserError
+
     if count < 1:
         raise UserError(f"--images {count}: must be at least 1")
-    if data_root is not None:
-        config.data.root = data_root
-    split_file = Path(checkpoints[0]).resolve().parent.parent / "split.json"
-    if not split_file.exists():  # checkpoints/pretrain/last.ckpt sits one folder deeper
-        split_file = split_file.parent.parent / "split.json"
-    data = FKTDataModule(config, split_file=split_file if split_file.exists() else None)
-    data.setup()
+    modules, data = loaded or load_columns(checkpoints, dataset, data_root)
     images, targets = pick_images(data.sets["test"], count)
     cam_grid(modules, [column_name(m) for m in modules], modules[0].normalize(images), targets, data.classes,
              Path(path))
