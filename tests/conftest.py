@@ -373,3 +373,33 @@ def imagefolder_data(tmp_path) -> Generated:
 @pytest.fixture
 def imagefolder_no_test_data(tmp_path) -> Generated:
     return make_imagefolder(tmp_path / "folder", test_per_class=None)
+
+
+# --------------------------------------------------------------------------- bad image files
+
+# What `fkt.data.scan.check_image` says about each kind `write_bad_image` writes (the start of it).
+BAD_REASONS = {"truncated": "truncated or corrupt", "empty": "empty file (0 bytes)", "text": "not an image",
+               "broken-symlink": "broken symlink"}
+
+
+def write_bad_image(path: Path, kind: str) -> Path:
+    """An unusable file under an image name. `truncated`: the first half of a real noisy image in the
+    format its suffix names; `empty`: 0 bytes; `text`: a text file; `broken-symlink`: a link to nothing."""
+    import io
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "truncated":
+        noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(noise).save(buffer, format=Image.registered_extensions()[path.suffix.lower()])
+        path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("these are my notes, not an image\n")
+    elif kind == "broken-symlink":
+        path.symlink_to(path.parent / f"deleted-{path.name}")
+    else:
+        raise ValueError(f"unknown kind {kind!r}; choose from {sorted(BAD_REASONS)}")
+    return path

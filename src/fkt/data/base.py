@@ -2,15 +2,55 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fkt.errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def examples(items: list, shown: int = 3, sep: str = ", ") -> str:
+    """The first few items for a one-line message: `a, b, c, ...`."""
+    return sep.join(str(item) for item in items[:shown]) + (f"{sep}..." if len(items) > shown else "")
+
+
+def grey_to_uint8(values: np.ndarray) -> np.ndarray:
+    """16/32-bit integer grey keeps its top 8 bits (convert("RGB") would clip all above 255 to white);
+    float grey in [0, 1] is scaled to 0-255, any other float range is stretched onto it."""
+    if values.dtype.kind in "ui":
+        return (np.clip(values, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
+    values = np.nan_to_num(values.astype(np.float64))
+    low, high = values.min(), values.max()
+    if low < 0 or high > 1:
+        values = (values - low) / (high - low) if high > low else np.clip(values, 0, 1)
+    return np.round(values * 255).astype(np.uint8)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode as RGB: alpha dropped (the colours kept), palette, 1-bit, CMYK and YCbCr converted,
+    high-bit-depth and float grey scaled to 8 bits rather than clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        return Image.fromarray(grey_to_uint8(np.asarray(img)), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # P -> RGB directly warns about byte transparency
+    return img.convert("RGB")
+
+
+def read_rgb(path: Path, size: int | None = None) -> Image.Image:
+    """An image file upright (EXIF orientation) in RGB. With `size` (the side it will be resized to),
+    a JPEG is decoded at 1/2 to 1/8 scale but never below `size`: a 6000x4000 photo stays cheap."""
+    with Image.open(path) as img:
+        if size is not None:
+            img.draft("RGB", (size, size))  # JPEG only; a no-op for other formats
+        ImageOps.exif_transpose(img, in_place=True)
+        return to_rgb(img)
 
 
 @dataclass
@@ -30,20 +70,17 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def image(self, index: int) -> Image.Image:
-        """A PIL image in RGB: grayscale, palette, RGBA and CMYK inputs all become 3 channels here."""
+    def image(self, index: int, size: int | None = None) -> Image.Image:
+        """A PIL image in RGB; `size` is a hint that lets large JPEGs decode at reduced scale."""
         if self.pixels is not None:
-            img = Image.fromarray(self.pixels[index])
-        else:
-            path = self.files[index]
-            try:
-                with Image.open(path) as opened:
-                    img = opened.convert("RGB")
-            except (OSError, ValueError) as err:
-                raise UserError(f"{path}: cannot read image ({err})") from None
-        return img if img.mode == "RGB" else img.convert("RGB")
+            return to_rgb(Image.fromarray(self.pixels[index]))
+        path = self.files[index]
+        try:
+            return read_rgb(path, size)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise UserError(f"{path}: cannot read image ({err})") from None
 
-    def subset(self, indices: np.ndarray) -> "ImageSet":
+    def subset(self, indices: np.ndarray) -> ImageSet:
         indices = np.asarray(indices, dtype=np.int64)
         return ImageSet(
             targets=self.targets[indices],
@@ -54,7 +91,8 @@ class ImageSet:
 
 @dataclass
 class DataBundle:
-    """A loaded dataset. `test` is None where the source has no labelled test split (it is carved out)."""
+    """A loaded dataset. `test` is None where the source has no labelled test split (it is carved out).
+    `skipped`: (path, reason) of unreadable images left out with data.skip_bad_images."""
 
     name: str
     classes: list[str]
@@ -63,31 +101,71 @@ class DataBundle:
     source: str
     ordinal: bool = False
     notes: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def scan_class_folders(root: Path, what: str) -> tuple[list[Path], list[int], list[str]]:
-    """Files of an ImageFolder-style tree (`root/<class>/<image>`), classes sorted by name."""
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def walk_files(folder: Path) -> list[Path]:
+    """Every file under `folder` but hidden ones, sorted, following symlinked folders (each real
+    folder once, and none that holds `folder` itself, so a link loop ends) and keeping broken
+    symlinks, which the image scan then reports."""
+    top = os.path.realpath(folder)
+    seen: set[str] = set()
+    found: list[Path] = []
+    for parent, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen or (seen and os.path.commonpath([real, top]) == real):
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(parent, name) for name in names if not name.startswith(".")]
+    return sorted(found)
+
+
+def scan_class_folders(root: Path, what: str, classes: list[str] | None = None,
+                       ignored: list[Path] | None = None) -> tuple[list[Path], list[int], list[str]]:
+    """Files of an ImageFolder-style tree (`root/<class>/<image>`), classes sorted by name; with
+    `classes`, the folders must be those. Non-image files are left out and added to `ignored`,
+    hidden files and folders are left out."""
     if not root.is_dir():
         raise UserError(f"{root}: {what} folder not found")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
         raise UserError(f"{root}: no class folders in {what}")
-    files: list[Path] = []
-    labels: list[int] = []
-    for label, name in enumerate(classes):
-        found = sorted(
-            p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        files += found
-        labels += [label] * len(found)
-    if not files:
-        raise UserError(f"{root}: no images in {what} (extensions {sorted(IMAGE_EXTENSIONS)})")
-    return files, labels, classes
-
-
-def image_folder_set(root: Path, what: str, classes: list[str] | None = None) -> tuple[ImageSet, list[str]]:
-    """An ImageSet from class folders; with `classes`, the folders must match them."""
-    files, labels, found = scan_class_folders(root, what)
     if classes is not None and found != classes:
         raise UserError(f"{root}: class folders {found} differ from the training classes {classes}")
+    per_class = []
+    for name in found:
+        listed = walk_files(root / name)
+        per_class.append([p for p in listed if is_image_name(p)])
+        if ignored is not None:
+            ignored += [p for p in listed if not is_image_name(p)]
+    if not any(per_class):
+        raise UserError(f"{root}: no images in {what} (extensions {sorted(IMAGE_EXTENSIONS)})")
+    if len(found) < 2:
+        raise UserError(f"{root}: {what} needs at least 2 classes, found only {found[0]!r}")
+    empty = [root / name for name, images in zip(found, per_class) if not images]
+    if empty:
+        raise UserError(f"{empty[0]}: empty class folder in {what}, no images ({len(empty)} such folder(s))")
+    files = [p for images in per_class for p in images]
+    labels = [label for label, images in enumerate(per_class) for _ in images]
+    return files, labels, found
+
+
+def image_folder_set(root: Path, what: str, classes: list[str] | None = None,
+                     ignored: list[Path] | None = None) -> tuple[ImageSet, list[str]]:
+    """An ImageSet from class folders (see scan_class_folders)."""
+    files, labels, found = scan_class_folders(root, what, classes, ignored)
     return ImageSet(targets=np.array(labels), files=files), found
+
+
+def ignored_note(ignored: list[Path], root: Path) -> list[str]:
+    """One note for the non-image files a class-folder tree held (none where it held none)."""
+    if not ignored:
+        return []
+    names = [p.relative_to(root) if p.is_relative_to(root) else p for p in ignored]
+    return [f"{root}: ignored {len(ignored)} non-image file(s), e.g. {examples(names)}"]

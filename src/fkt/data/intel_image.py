@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fkt.data.base import DataBundle, image_folder_set
+from fkt.data.base import DataBundle, ignored_note, image_folder_set
 from fkt.errors import UserError
 
 
@@ -17,6 +17,7 @@ def split_dir(root: Path, name: str) -> Path:
 def load(root: Path | None) -> DataBundle:
     if root is None:
         raise UserError("intel-image: --data-root is required (the folder holding seg_train/ and seg_test/)")
-    train, classes = image_folder_set(split_dir(root, "seg_train"), "seg_train")
-    test, _ = image_folder_set(split_dir(root, "seg_test"), "seg_test", classes)
-    return DataBundle("intel-image", classes, train, test, source=str(root))
+    ignored: list[Path] = []
+    train, classes = image_folder_set(split_dir(root, "seg_train"), "seg_train", ignored=ignored)
+    test, _ = image_folder_set(split_dir(root, "seg_test"), "seg_test", classes, ignored)  # required, not carved
+    return DataBundle("intel-image", classes, train, test, source=str(root), notes=ignored_note(ignored, root))
