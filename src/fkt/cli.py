@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -11,6 +12,10 @@ from fkt.errors import UserError
 
 EXIT_USER = 2
 EXIT_NONFINITE = 3
+EXIT_IO = 4
+EXIT_INTERRUPTED = 130
+# Errors of the machine rather than of fkt: a full disk, a read-only or forbidden folder.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class Parser(argparse.ArgumentParser):
@@ -62,6 +67,12 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-nodes", dest="trainer.num_nodes", type=int)
     p.add_argument("--strategy", dest="trainer.strategy")
     p.add_argument("--precision", dest="trainer.precision")
+    p.add_argument("--sync-batchnorm", dest="trainer.sync_batchnorm", action="store_const", const=True)
+    p.add_argument("--compile", dest="trainer.compile", action="store_const", const=True,
+                   help="torch.compile the backbone")
+    p.add_argument("--checkpoint-every-n-steps", dest="trainer.checkpoint_every_n_steps", type=int)
+    p.add_argument("--skip-bad-images", dest="data.skip_bad_images", action="store_const", const=True,
+                   help="leave unreadable image files out instead of stopping (counted in metrics.json)")
     p.add_argument("--seed", dest="seed", type=int)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set optim.supervised.lr=0.1")
@@ -85,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.out is not None:
         config.out = args.out
-    results = train(config)
+    results = train(config, resume=args.resume)
     if results:
         print(summary_line(results))
         print(f"wrote {Path(config.out) / 'metrics.json'}")
@@ -142,13 +153,22 @@ def cmd_cam(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fkt.bench import run_bench
+
+    return run_bench(args)
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="fkt", description="Functional knowledge transfer: train, compare, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     train = sub.add_parser("train", help="train one method on one dataset")
     add_run_flags(train)
-    train.add_argument("--out", type=Path, required=True, help="run directory")
+    train.add_argument("--out", type=Path, required=True,
+                       help="run directory; rerunning on the same one resumes from its last checkpoint")
+    train.add_argument("--resume", action="store_true",
+                       help="insist on resuming: an error if --out holds no checkpoint")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="test metrics of a checkpoint")
@@ -176,11 +196,28 @@ def build_parser() -> Parser:
     reproduce.add_argument("--methods", help="comma-separated subset of the preset's methods")
     reproduce.add_argument("--out", type=Path, required=True)
     reproduce.set_defaults(func=cmd_reproduce)
+
+    bench = sub.add_parser("bench", help="steady-state training throughput of each method, against bare PyTorch")
+    bench.add_argument("--methods", default="supervised,simclr,functional-clean,functional-view",
+                       help="comma-separated: supervised, simclr, functional-clean, functional-view")
+    bench.add_argument("--backbone", default="resnet18")
+    bench.add_argument("--stem", default="small", choices=["imagenet", "small"])
+    bench.add_argument("--image-size", type=int, default=32)
+    bench.add_argument("--batch-size", type=int, default=128)
+    bench.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    bench.add_argument("--precision", default="32-true", help="32-true, bf16-mixed or 16-mixed")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    bench.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--out", type=Path, help="JSON file to write (default: print only)")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from fkt.checkpointing import Interrupted
     from fkt.objectives import NonFiniteLoss
 
     try:
@@ -189,11 +226,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fkt: error: {err}", file=sys.stderr)
         return EXIT_USER
     except NonFiniteLoss as err:
-        print(f"fkt: error: training stopped: {err}; the last good checkpoint is kept", file=sys.stderr)
+        print(f"fkt: error: training stopped: {err}", file=sys.stderr)
         return EXIT_NONFINITE
+    except Interrupted as err:
+        print(f"fkt: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("fkt: interrupted", file=sys.stderr)
-        return 130
+        print("fkt: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"fkt: error: {where}{err.strerror}; files written before are intact", file=sys.stderr)
+        return EXIT_IO
 
 
 if __name__ == "__main__":

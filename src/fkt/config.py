@@ -35,6 +35,8 @@ class DataConfig(_Strict):
     batch_size: PositiveInt = 256
     eval_batch_size: PositiveInt = 512
     num_workers: int | None = Field(None, ge=0, description="None: chosen from the CPU count")
+    scan_images: bool = Field(True, description="decode every image file before training; report all bad ones at once")
+    skip_bad_images: bool = Field(False, description="leave unreadable images out (counted in metrics.json)")
 
 
 class ModelConfig(_Strict):
@@ -83,6 +85,12 @@ class TrainerConfig(_Strict):
     precision: str = "32-true"
     deterministic: bool = False
     log_every_n_steps: PositiveInt = 10
+    checkpoint_every_n_steps: PositiveInt | None = Field(
+        None, description="also save last.ckpt every N training steps (mid-epoch), so a kill loses at most N")
+    checkpoint_every_minutes: float | None = Field(
+        10.0, gt=0, description="also save last.ckpt after this much training time (mid-epoch)")
+    sync_batchnorm: bool = Field(False, description="batch-norm statistics over the global batch (DDP)")
+    compile: bool = Field(False, description="torch.compile the backbone")
     progress_bar: bool = True
 
 

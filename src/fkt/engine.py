@@ -12,7 +12,10 @@ Layout of a run directory:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,15 +23,18 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+from fkt.checkpointing import AtomicCheckpointIO, ResumeState
 from fkt.config import Config, save_config
 from fkt.data import dataset_info
 from fkt.data.module import FKTDataModule
 from fkt.errors import UserError
 from fkt.evaluate import classification_metrics, load_checkpoint, predict
-from fkt.io import atomic_write_json
+from fkt.io import RunLock, atomic_write_json, is_rank_zero
 from fkt.methods import Method, Stage, stages
+from fkt.objectives import NonFiniteLoss
 
 
 def quiet_lightning() -> None:
@@ -54,8 +60,12 @@ def checkpoint_dir(run_dir: Path, stage: Stage, final: bool) -> Path:
 
 def resumable_epochs(checkpoint: Path, config: Config, num_classes: int) -> int:
     """Training epochs a run's own last checkpoint has fully processed; refuses another run's."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    saved = state.get("hyper_parameters", {})
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a foreign or damaged file
+        raise UserError(f"{checkpoint}: not a readable checkpoint ({type(err).__name__}); "
+                        "delete it to start this run over") from None
+    saved = state.get("hyper_parameters", {}) if isinstance(state, dict) else {}
     theirs = Config.model_validate(saved["config"]) if "config" in saved else None
     if theirs is None or (theirs.method.name, theirs.model.backbone, theirs.model.stem, saved.get("num_classes")) != (
             config.method.name, config.model.backbone, config.model.stem, num_classes):
@@ -64,26 +74,35 @@ def resumable_epochs(checkpoint: Path, config: Config, num_classes: int) -> int:
     return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
 
 
+def check_devices(config: Config) -> None:
+    """`--devices` beyond what this machine has, in one line (Lightning would spawn or fail late)."""
+    t = config.trainer
+    if not (isinstance(t.devices, int) or str(t.devices).isdigit()):
+        return
+    wanted = int(t.devices)
+    gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
+    have = torch.cuda.device_count() if gpu else (os.cpu_count() or 1)
+    what = "GPU(s)" if gpu else "CPU core(s)"
+    if wanted < 1 or wanted > have:
+        raise UserError(f"--devices {wanted}: this machine has {have} {what}")
+
+
 def build_trainer(config: Config, run_dir: Path, stage: Stage, final: bool) -> pl.Trainer:
     ckpt_dir = checkpoint_dir(run_dir, stage, final)
-    if final:
-        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/acc", mode="max",
-                                     save_last=True, auto_insert_metric_name=False)
-    else:
-        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1)
+    t = config.trainer
+    callbacks: list[pl.Callback] = []
+    if final:  # best.ckpt on validation accuracy; SimCLR pretraining has no labels to select on
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/acc", mode="max",
+                                         auto_insert_metric_name=False, enable_version_counter=False))
+    callbacks.append(ResumeState(ckpt_dir / "last.ckpt", t.checkpoint_every_n_steps, t.checkpoint_every_minutes))
     loggers = [CSVLogger(run_dir, name="logs", version=stage.name),
                TensorBoardLogger(run_dir, name="tb", version=stage.name, default_hp_metric=False)]
-    t = config.trainer
-    return pl.Trainer(
+    return make_trainer(
+        config,
         max_epochs=stage.epochs,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,
-        deterministic=t.deterministic,
+        plugins=[AtomicCheckpointIO()],
         logger=loggers,
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch")],
+        callbacks=[*callbacks, LearningRateMonitor(logging_interval="epoch")],
         default_root_dir=run_dir,
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.progress_bar,
@@ -94,24 +113,95 @@ def build_trainer(config: Config, run_dir: Path, stage: Stage, final: bool) -> p
     )
 
 
+def make_trainer(config: Config, **settings: Any) -> pl.Trainer:
+    """A Trainer with the run's hardware settings; a bad value is the user's, in one line."""
+    t = config.trainer
+    try:
+        return pl.Trainer(
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=t.strategy,
+            precision=t.precision,
+            deterministic=t.deterministic,
+            sync_batchnorm=t.sync_batchnorm,
+            # the data module shards and orders the data itself (fkt.data.sampler), resumably
+            use_distributed_sampler=False,
+            **settings,
+        )
+    except (MisconfigurationException, ImportError, ValueError, RuntimeError, TypeError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        raise UserError(f"--accelerator {t.accelerator} --devices {t.devices} --strategy {t.strategy} "
+                        f"--precision {t.precision}: {message}") from None
+
+
+def check_hardware(config: Config) -> None:
+    """Refuse impossible hardware settings before anything is written."""
+    check_devices(config)
+    chatter = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    level = chatter.level
+    chatter.setLevel(logging.WARNING)  # "GPU available: ..." is said once, by the real Trainer
+    try:
+        make_trainer(config, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False)
+    finally:
+        chatter.setLevel(level)
+
+
 def evaluation_device(config: Config) -> torch.device:
     wants_gpu = config.trainer.accelerator in ("auto", "gpu", "cuda")
     return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
 
 
-def train(config: Config) -> dict[str, Any]:
-    """Train every stage of the configured method, then evaluate the best checkpoint once on test."""
+@contextlib.contextmanager
+def run_directory(run_dir: Path, owner: bool):
+    """Hold the run directory's lock; a user error before anything was written leaves no folder behind."""
+    if not owner:
+        yield
+        return
+    created = not run_dir.exists()
+    try:
+        with RunLock(run_dir):
+            yield
+    except UserError:
+        if created and all(p.name == ".fkt.lock" for p in run_dir.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def any_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / "checkpoints").rglob("last.ckpt"))
+
+
+def train(config: Config, resume: bool = False) -> dict[str, Any]:
+    """Train every stage of the configured method, then evaluate the best checkpoint once on test.
+
+    Rerunning on the same `--out` resumes from the last checkpoint (mid-epoch where one was saved)
+    and skips finished stages; `resume=True` insists that there is something to resume.
+    """
     if config.out is None:
         raise UserError("--out is required: the run directory to write")
     quiet_lightning()
     config = resolved(config)
+    check_hardware(config)
     run_dir = Path(config.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    pl.seed_everything(config.seed, workers=True, verbose=False)
+    if resume and not any_checkpoint(run_dir):
+        raise UserError(f"--resume: no checkpoint under {run_dir / 'checkpoints'} to resume from")
+    owner = is_rank_zero()
+    with run_directory(run_dir, owner):
+        data = FKTDataModule(config, split_file=run_dir / "split.json")
+        data.setup()  # bad data stops the run here, before anything else is written
+        if owner:
+            save_config(config, run_dir / "config.yaml")
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+        compute = train_stages(config, run_dir, data)
+        if compute is None:
+            return {}
+        return evaluate_run(config, run_dir, data, compute)
 
-    data = FKTDataModule(config, split_file=run_dir / "split.json")
-    data.setup()
+
+def train_stages(config: Config, run_dir: Path, data: FKTDataModule) -> dict[str, Any] | None:
+    """Fit each stage (or reload it where a previous run finished it); None on ranks other than 0."""
     classes = data.classes
     compute: dict[str, Any] = {"epochs": 0, "image_passes": 0, "train_seconds": 0.0, "stages": {}}
     plan = stages(config)
@@ -129,7 +219,11 @@ def train(config: Config) -> dict[str, Any]:
             if stage.init_from is not None:
                 module.backbone.load_state_dict(previous.backbone.state_dict())
             trainer = build_trainer(config, run_dir, stage, final)
-            trainer.fit(module, datamodule=data, ckpt_path=resume)
+            try:
+                trainer.fit(module, datamodule=data, ckpt_path=resume)
+            except NonFiniteLoss as err:
+                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was saved yet"
+                raise NonFiniteLoss(f"{stage.name}: {err}; {kept}") from None
             is_global_zero = trainer.is_global_zero
         passes = module.image_passes
         seconds = round(module.train_seconds, 2)
@@ -141,9 +235,11 @@ def train(config: Config) -> dict[str, Any]:
         compute["train_seconds"] += seconds
         previous = module
     compute["train_seconds"] = round(compute["train_seconds"], 2)
-    if not is_global_zero:
-        return {}
+    return compute if is_global_zero else None
 
+
+def evaluate_run(config: Config, run_dir: Path, data: FKTDataModule, compute: dict[str, Any]) -> dict[str, Any]:
+    """Val and test metrics of the best checkpoint (the test set's only use), written to metrics.json."""
     best = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
     device = evaluation_device(config)
     bundle = data.bundle
@@ -156,10 +252,12 @@ def train(config: Config) -> dict[str, Any]:
     }
     for split in ("val", "test"):
         logits, targets = predict(best, data.loader(split), device)
-        results[split] = classification_metrics(logits, targets, classes, ordinal=bundle.ordinal)
+        results[split] = classification_metrics(logits, targets, data.classes, ordinal=bundle.ordinal)
     results["compute"] = compute
-    results["classes"] = classes
+    results["classes"] = data.classes
     results["data_notes"] = bundle.notes
+    skipped = getattr(bundle, "skipped", [])
+    results["skipped_images"] = {"count": len(skipped), "files": [f"{path}: {why}" for path, why in skipped]}
     results["checkpoint"] = "checkpoints/best.ckpt"
     atomic_write_json(run_dir / "metrics.json", results)
     return results

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from lightly.loss import NTXentLoss
 from torch import nn
@@ -26,8 +28,18 @@ class NonFiniteLoss(RuntimeError):
     """A loss term became NaN or infinite; the message names the term and the step."""
 
 
-def check_finite(terms: dict[str, torch.Tensor], step: int) -> None:
-    for name, value in terms.items():
-        if not torch.isfinite(value).all():
-            bad = value.detach().flatten()[~torch.isfinite(value.detach().flatten())][0].item()
-            raise NonFiniteLoss(f"loss term '{name}' is {bad} at step {step}")
+def check_finite(terms: dict[str, torch.Tensor], step: int,
+                 agree: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    """Raise before the optimizer step, so the weights and the last checkpoint stay finite.
+
+    `agree` combines the per-term flags over ranks (a min), so that every rank stops together.
+    """
+    finite = torch.stack([torch.isfinite(value.detach()).all() for value in terms.values()])
+    if agree is not None:
+        finite = agree(finite)
+    if bool(finite.all()):
+        return
+    name = list(terms)[int((~finite).nonzero()[0])]
+    value = terms[name].detach().flatten()
+    shown = value[~torch.isfinite(value)][0].item() if not torch.isfinite(value).all() else "non-finite on another rank"
+    raise NonFiniteLoss(f"loss term '{name}' is {shown} at step {step}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fkt.config import Config, build_config, deep_merge
 from fkt.engine import train
+from fkt.io import RunLock, is_rank_zero
 from fkt.report.figures import grid_figures
 from fkt.report.embedding import embedding_plot
 from fkt.report.gradcam import cam_from_checkpoints, column_name, load_columns
@@ -49,6 +50,16 @@ def cells(config: Config, out: Path) -> list[Config]:
 def run_grid(config: Config, out: Path) -> str:
     """Run every cell not yet done, then write results.csv and results.md; returns the Markdown."""
     out = Path(out)
+    if not is_rank_zero():  # other DDP ranks train the cells with rank 0; rank 0 alone reports
+        for cell in cells(config, out):
+            if not (Path(cell.out) / "metrics.json").exists():
+                train(cell)
+        return ""
+    with RunLock(out, "reproduce --out"):
+        return run_cells(config, out)
+
+
+def run_cells(config: Config, out: Path) -> str:
     runs, run_dirs = [], []
     for cell in cells(config, out):
         run_dirs.append(Path(cell.out))

@@ -15,8 +15,11 @@ from torch.utils.data import DataLoader, Dataset
 from fkt.config import Config
 from fkt.data import dataset_info, load_dataset
 from fkt.data.base import DataBundle, ImageSet
+from fkt.data.sampler import EpochSampler, ResumableLoader
+from fkt.data.scan import screen_bundle
 from fkt.data.splits import load_splits, make_splits, save_splits
 from fkt.errors import UserError
+from fkt.io import is_rank_zero
 
 
 def resize_pixels(pixels: np.ndarray, size: int, chunk: int = 4096) -> torch.Tensor:
@@ -48,7 +51,7 @@ class ResizedImages(Dataset):
         if self.cache is not None:
             x = self.cache[index]
         else:
-            img = self.images.image(index).resize((self.size, self.size), Image.BILINEAR)
+            img = self.images.image(index, self.size).resize((self.size, self.size), Image.BILINEAR)
             x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
         if x.shape[0] == 1:
             x = x.expand(3, -1, -1)
@@ -83,40 +86,46 @@ class FKTDataModule(pl.LightningDataModule):
         if self.bundle is not None:
             return
         cfg = self.config.data
-        self.bundle = bundle = load_dataset(cfg.dataset, cfg.root)
+        bundle = load_dataset(cfg.dataset, cfg.root)
         for note in bundle.notes:
             print(f"[fkt] {note}", flush=True)
+        writes = self.split_file is not None and is_rank_zero()  # other DDP ranks read, never write
+        if cfg.scan_images or cfg.skip_bad_images:  # before the split: its indices count the readable images
+            screen_bundle(bundle, cfg.skip_bad_images, self.split_file.parent / "bad_images.txt" if writes else None)
         meta = {"dataset": cfg.dataset, "split_seed": cfg.split_seed, "val_fraction": cfg.val_fraction,
                 "test_fraction": cfg.test_fraction, "limit_train": cfg.limit_train, "n_source": len(bundle.train)}
-        if self.split_file is not None and self.split_file.exists():
+        saved = self.split_file is not None and self.split_file.exists()
+        if saved:
             splits = load_splits(self.split_file, meta)
         else:
             splits = make_splits(bundle.train.targets, bundle.test is not None, cfg.val_fraction,
                                  cfg.test_fraction, cfg.limit_train, cfg.split_seed)
-            if self.split_file is not None:
-                save_splits(self.split_file, splits, {**meta, "source": bundle.source})
         test = bundle.test if bundle.test is not None else bundle.train.subset(np.array(splits["test"]))
         parts = {"train": bundle.train.subset(np.array(splits["train"])),
                  "val": bundle.train.subset(np.array(splits["val"])), "test": test}
-        self.sets = {name: ResizedImages(images, self.image_size) for name, images in parts.items()}
-        if cfg.batch_size > len(self.sets["train"]):
+        if cfg.batch_size > len(parts["train"]):
             raise UserError(f"data.batch_size={cfg.batch_size} is larger than the training split "
-                            f"({len(self.sets['train'])} images)")
+                            f"({len(parts['train'])} images)")
+        if writes and not saved:  # only once the data is known to be usable
+            save_splits(self.split_file, splits, {**meta, "source": bundle.source})
+        self.sets = {name: ResizedImages(images, self.image_size) for name, images in parts.items()}
+        self.bundle = bundle
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
+        """Evaluation loaders see every image in order; see `train_dataloader` for training."""
         self.setup()
         cfg = self.config.data
         dataset = self.sets[split]
         workers = cfg.num_workers if cfg.num_workers is not None else default_workers(dataset.cache is not None)
-        return DataLoader(
-            dataset,
-            batch_size=cfg.batch_size if train else cfg.eval_batch_size,
-            shuffle=train,
-            drop_last=train,  # equal-sized contrastive batches; eval sees every image
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        options = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+        if not train:
+            return DataLoader(dataset, batch_size=cfg.eval_batch_size, **options)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        # A resumable order of (seed, epoch), one shard per rank; full batches only, so that every
+        # contrastive batch has the same size and every rank the same number of steps.
+        sampler = EpochSampler(len(dataset), self.config.seed, rank, world)
+        return ResumableLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                               generator=torch.Generator().manual_seed(self.config.seed), **options)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", train=True)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightly.utils.lars import LARS
@@ -23,6 +25,11 @@ from fkt.data.transforms import Normalize, SimCLRViews
 from fkt.data import dataset_info
 from fkt.models import build_backbone, classifier_head, projection_head
 from fkt.objectives import check_finite, classification_loss, contrastive_loss, weighted_total
+
+
+def step_seed(seed: int, method: str, step: int, rank: int) -> int:
+    """The seed of one training step's augmentations on one rank."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(method.encode()), step, rank]).generate_state(1, np.uint64)[0])
 
 
 def build_optimizer(settings: OptimizerConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -112,6 +119,13 @@ class Method(pl.LightningModule):
         trainable = {id(p) for p in self.trainable_parameters()}
         for p in self.parameters():
             p.requires_grad_(id(p) in trainable)
+        if self.cfg.trainer.compile and stage == "fit":
+            self.backbone.compile()  # in place: the state-dict keys stay those of the plain backbone
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # The views of step s are drawn from a seed of (seed, method, s, rank) alone, so a run
+        # resumed at step s draws exactly the views an uninterrupted run draws, on any rank count.
+        torch.manual_seed(step_seed(self.cfg.seed, self.name, self.global_step, self.global_rank))
 
     def on_train_start(self) -> None:
         self._clock = time.perf_counter()
@@ -132,7 +146,7 @@ class Method(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
         terms = self.losses(images, targets)
-        check_finite(terms, self.global_step)
+        check_finite(terms, self.global_step, self.all_ranks_min if self.world_size > 1 else None)
         loss = weighted_total(terms, self.loss_weights)
         batch_size = images.shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
@@ -140,6 +154,10 @@ class Method(pl.LightningModule):
         self.log("compute/image_passes", float(self.image_passes),
                  on_step=True, on_epoch=False, batch_size=batch_size)
         return loss
+
+    def all_ranks_min(self, flags: torch.Tensor) -> torch.Tensor:
+        """Every rank stops together, or a rank that did not see the NaN would wait forever."""
+        return self.trainer.strategy.reduce(flags.float(), reduce_op="min") > 0
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, targets = batch

@@ -1,0 +1,151 @@
+"""What makes a run survive faults: atomic checkpoints, mid-epoch saves, Ctrl-C, RNG state.
+
+A kill at any moment leaves the last complete `last.ckpt` (written to a temp file, fsynced,
+renamed). Rerunning the command restores model, optimizer, scheduler, loop counters, the
+data order (`fkt.data.sampler`) and RNG states from it; see docs/faults.md for what is
+bit-identical after a resume and why.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import Checkpoint
+
+from fkt.io import atomic_write
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch.save, through a temp file in the same folder, fsync and rename."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        buffer = io.BytesIO()  # serialise first: a full disk then fails in our write, with the path
+        torch.save(checkpoint, buffer)
+        atomic_write(Path(path), lambda handle: handle.write(buffer.getbuffer()), mode="wb")
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training, after the checkpoint it names was written."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(f"interrupted; saved {checkpoint}; rerun the same command to resume")
+        self.checkpoint = checkpoint
+
+
+def rng_states() -> dict[str, Any]:
+    """Every generator's state, in types Lightning's weights-only loading accepts (tensors, ints)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    states = {"torch": torch.get_rng_state(),
+              "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "gauss": float(gauss)},
+              "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    py = states["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+NOTHING, SAVE, STOP = 0, 1, 2
+
+
+class ResumeState(Checkpoint):
+    """Owns `last.ckpt`: saved at every epoch end, mid-epoch every N steps or T minutes, and on
+    the first Ctrl-C. (A Checkpoint callback, so Lightning runs it after the best-model one and
+    the saved state includes that epoch's best-model bookkeeping.)
+
+    The first Ctrl-C finishes the current step, saves, and stops with `Interrupted`; a second
+    one interrupts at once. Under DDP every rank takes the same decision (a max over ranks),
+    because saving a checkpoint is a collective call.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int | None, every_minutes: float | None) -> None:
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+        self.every_seconds = every_minutes * 60 if every_minutes else None
+        self._last_save = time.monotonic()
+        self._stop_requested = False
+        self._stop_at_epoch_end = False
+        self._previous_handler: Any = None
+
+    # --- Ctrl-C ---------------------------------------------------------------------------
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True
+        signal.signal(signal.SIGINT, self._previous_handler)  # a second Ctrl-C stops at once
+        print("\n[fkt] Ctrl-C: saving a checkpoint after this step (press again to stop at once)", flush=True)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_save = time.monotonic()
+        try:
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread: leave Ctrl-C as it is
+            self._previous_handler = None
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
+            signal.signal(signal.SIGINT, self._previous_handler)
+        self._previous_handler = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_handler()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore_handler()
+
+    # --- periodic saves ---------------------------------------------------------------------
+    def _wish(self, trainer: pl.Trainer) -> int:
+        if self._stop_requested:
+            return STOP
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0:
+            return SAVE
+        if self.every_seconds and time.monotonic() - self._last_save >= self.every_seconds:
+            return SAVE
+        return NOTHING
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        wish = self._wish(trainer)
+        if trainer.world_size > 1:
+            wish = int(trainer.strategy.reduce(torch.tensor(wish, device=pl_module.device), reduce_op="max"))
+        if batch_idx + 1 >= trainer.num_training_batches:
+            # The epoch's own checkpoint follows validation; a stop waits for the epoch's end.
+            self._stop_at_epoch_end = wish == STOP
+        elif wish == SAVE:
+            trainer.save_checkpoint(self.path)
+            self._last_save = time.monotonic()
+        elif wish == STOP:
+            trainer.save_checkpoint(self.path)
+            raise Interrupted(self.path)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.save_checkpoint(self.path)
+        self._last_save = time.monotonic()
+        if self._stop_at_epoch_end:
+            raise Interrupted(self.path)
+
+    # --- RNG states in every checkpoint -------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "rng" in state_dict:
+            set_rng_states(state_dict["rng"])
