@@ -22,8 +22,10 @@ def validation_curve(run_dir: Path, final_stage: str) -> list[tuple[float, float
     stages = json.loads((run_dir / "metrics.json").read_text())["compute"]["stages"]
     offset = sum(s["image_passes"] for name, s in stages.items() if name != final_stage)
     rows = read_rows(run_dir / "logs" / final_stage / "metrics.csv")
-    return [(offset + float(r["val/image_passes"]), float(r["val/acc"]))
-            for r in rows if r.get("val/acc") and r.get("val/image_passes")]
+    # keyed by passes: an epoch validated again after a resume appears once, its later row kept
+    curve = {offset + float(r["val/image_passes"]): float(r["val/acc"])
+             for r in rows if r.get("val/acc") and r.get("val/image_passes")}
+    return sorted(curve.items())
 
 
 def read_rows(path: Path) -> list[dict]:
