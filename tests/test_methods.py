@@ -89,6 +89,15 @@ def test_optimizers_as_the_paper_states(cls, kwargs, optim, expected_type, lr):
     assert all(id(p) in params for p in m.backbone.parameters())
 
 
+@pytest.mark.parametrize("rule, world, expected", [("none", 4, 0.025), ("linear", 4, 0.1), ("sqrt", 4, 0.05),
+                                                   ("linear", 1, 0.025)])
+def test_lr_follows_the_global_batch_when_asked(rule, world, expected):
+    config = tiny_config(data={"batch_size": 64}, optim={"lr_scaling": rule, "reference_batch": 64})
+    m = module(Supervised, config)
+    m.world_size = world  # as setup() sets it under DDP: 4 ranks x 64 = a global batch of 256
+    assert m.configure_optimizers().param_groups[0]["lr"] == pytest.approx(expected)
+
+
 def test_linear_finetune_trains_only_the_classifier_and_keeps_batchnorm_frozen():
     m = module(Supervised, freeze_backbone=True)
     optimizer = m.configure_optimizers()

@@ -65,6 +65,9 @@ class OptimConfig(_Strict):
     )
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up, in (fractional) epochs")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="scale every lr by global batch / reference_batch (linear) or its square root")
+    reference_batch: PositiveInt = Field(256, description="the global batch the configured lr is meant for")
 
 
 class MethodConfig(_Strict):

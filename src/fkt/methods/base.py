@@ -32,6 +32,13 @@ def step_seed(seed: int, method: str, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(method.encode()), step, rank]).generate_state(1, np.uint64)[0])
 
 
+def scaled_lr(lr: float, rule: str, global_batch: int, reference: int) -> float:
+    """The lr for a global batch: linear scaling (Goyal et al. 2017, SGD) or square-root scaling
+    (usual for LARS/Adam at large batches), from the batch the configured lr was meant for."""
+    ratio = global_batch / reference
+    return lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+
+
 def build_optimizer(settings: OptimizerConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     if settings.name == "adamw":
         # The fused kernel: on a 2-core CPU, 15 ms a ResNet-18 step against 68 ms for foreach.
@@ -171,8 +178,11 @@ class Method(pl.LightningModule):
         self.log("val/image_passes", float(self.image_passes))
 
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.optimizer_settings(), self.trainable_parameters())
         schedule = self.cfg.optim
+        settings = self.optimizer_settings()
+        global_batch = self.cfg.data.batch_size * self.world_size  # data.batch_size is per device
+        lr = scaled_lr(settings.lr, schedule.lr_scaling, global_batch, schedule.reference_batch)
+        optimizer = build_optimizer(settings.model_copy(update={"lr": lr}), self.trainable_parameters())
         if schedule.schedule == "constant" and schedule.warmup_epochs == 0:
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
