@@ -92,7 +92,8 @@ class TrainerConfig(_Strict):
         None, description="also save last.ckpt every N training steps (mid-epoch), so a kill loses at most N")
     checkpoint_every_minutes: float | None = Field(
         10.0, gt=0, description="also save last.ckpt after this much training time (mid-epoch)")
-    sync_batchnorm: bool = Field(False, description="batch-norm statistics over the global batch (DDP)")
+    sync_batchnorm: bool | None = Field(
+        None, description="batch-norm statistics over the global batch; None: on for multi-GPU runs, else off")
     compile: bool = Field(False, description="torch.compile the backbone")
     progress_bar: bool = True
 

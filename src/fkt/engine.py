@@ -22,8 +22,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning_fabric.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.accelerators import CUDAAccelerator
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from fkt.checkpointing import AtomicCheckpointIO, ResumeState
@@ -124,7 +125,7 @@ def make_trainer(config: Config, **settings: Any) -> pl.Trainer:
             strategy=t.strategy,
             precision=t.precision,
             deterministic=t.deterministic,
-            sync_batchnorm=t.sync_batchnorm,
+            sync_batchnorm=bool(t.sync_batchnorm),
             # the data module shards and orders the data itself (fkt.data.sampler), resumably
             use_distributed_sampler=False,
             **settings,
@@ -135,17 +136,28 @@ def make_trainer(config: Config, **settings: Any) -> pl.Trainer:
                         f"--precision {t.precision}: {message}") from None
 
 
-def check_hardware(config: Config) -> None:
-    """Refuse impossible hardware settings before anything is written."""
+def check_hardware(config: Config) -> Config:
+    """Refuse impossible hardware settings before anything is written; settle the ones left to
+    the hardware (sync_batchnorm) so that the saved config says what ran."""
     check_devices(config)
     chatter = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     level = chatter.level
     chatter.setLevel(logging.WARNING)  # "GPU available: ..." is said once, by the real Trainer
     try:
-        make_trainer(config, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False)
+        probe = make_trainer(config.model_copy(update={"trainer": config.trainer.model_copy(
+            update={"sync_batchnorm": False})}), logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False)
     finally:
         chatter.setLevel(level)
+    on_gpu = isinstance(probe.accelerator, CUDAAccelerator)
+    wanted = config.trainer.sync_batchnorm
+    if wanted and not on_gpu:
+        raise UserError("--sync-batchnorm: needs GPUs (torch's SyncBatchNorm has no CPU kernels)")
+    config = config.model_copy(deep=True)
+    # SimCLR's choice: with per-GPU statistics, the two views of an image share a batch's statistics
+    # and the contrastive task can be solved through them.
+    config.trainer.sync_batchnorm = wanted if wanted is not None else on_gpu and probe.world_size > 1
+    return config
 
 
 def evaluation_device(config: Config) -> torch.device:
@@ -182,8 +194,7 @@ def train(config: Config, resume: bool = False) -> dict[str, Any]:
     if config.out is None:
         raise UserError("--out is required: the run directory to write")
     quiet_lightning()
-    config = resolved(config)
-    check_hardware(config)
+    config = check_hardware(resolved(config))
     run_dir = Path(config.out)
     if resume and not any_checkpoint(run_dir):
         raise UserError(f"--resume: no checkpoint under {run_dir / 'checkpoints'} to resume from")

@@ -156,8 +156,11 @@ class Method(pl.LightningModule):
         check_finite(terms, self.global_step, self.all_ranks_min if self.world_size > 1 else None)
         loss = weighted_total(terms, self.loss_weights)
         batch_size = images.shape[0]
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        # Under DDP each rank's terms are those of its shard; their mean over the ranks (equal
+        # shards) is the loss of the global batch, the one the step optimises and the logs report.
+        sync = self.world_size > 1
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size, sync_dist=sync)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size, sync_dist=sync)
         self.log("compute/image_passes", float(self.image_passes),
                  on_step=True, on_epoch=False, batch_size=batch_size)
         return loss
@@ -175,7 +178,8 @@ class Method(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         # beside val/acc in the same log row, so learning curves can be drawn against compute
-        self.log("val/image_passes", float(self.image_passes))
+        # the same number on every rank (it counts all ranks); "max" keeps it exact and Lightning quiet
+        self.log("val/image_passes", float(self.image_passes), sync_dist=True, reduce_fx="max")
 
     def configure_optimizers(self) -> Any:
         schedule = self.cfg.optim
