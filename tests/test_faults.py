@@ -278,6 +278,17 @@ def one_line(result: subprocess.CompletedProcess, *needles: str) -> str:
     return lines[0]
 
 
+def fkt_in_process(command: list[str], capsys) -> subprocess.CompletedProcess:
+    """`fkt ...` through cli.main in this process (the same exit code and stderr, without
+    another interpreter's start-up per case)."""
+    from fkt import cli
+
+    capsys.readouterr()
+    code = cli.main(command[3:])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(command, code, captured.out, captured.err)
+
+
 @pytest.mark.parametrize("flags, needles", [
     (["--set", "optim.supervised.lr=-0.1"], ["optim.supervised.lr", "greater than 0"]),
     (["--set", "optim.supervised.lr=0"], ["optim.supervised.lr", "greater than 0"]),
@@ -289,15 +300,14 @@ def one_line(result: subprocess.CompletedProcess, *needles: str) -> str:
     (["--resume"], ["--resume", "no checkpoint"]),
 ], ids=["negative lr", "zero lr", "negative epochs", "zero batch", "batch beyond data", "devices beyond",
         "unknown accelerator", "resume nothing"])
-def test_run_mistakes_are_one_line_and_write_nothing(fmnist, tmp_path, flags, needles):
+def test_run_mistakes_are_one_line_and_write_nothing(fmnist, tmp_path, capsys, flags, needles):
     out = tmp_path / "run"
-    one_line(subprocess.run(fkt_command(fmnist.root, out, *flags), capture_output=True, text=True, timeout=600),
-             *needles)
+    one_line(fkt_in_process(fkt_command(fmnist.root, out, *flags), capsys), *needles)
     assert not out.exists()  # no half-made run directory to mistake for a run
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "another backbone", "other classes"])
-def test_a_bad_checkpoint_in_the_run_directory_is_refused(fmnist, finished_run, tmp_path, damage):
+def test_a_bad_checkpoint_in_the_run_directory_is_refused(fmnist, finished_run, tmp_path, capsys, damage):
     import shutil
 
     out = tmp_path / "run"
@@ -317,19 +327,15 @@ def test_a_bad_checkpoint_in_the_run_directory_is_refused(fmnist, finished_run, 
         other = make_imagefolder(tmp_path / "three", num_classes=3, train_per_class=12, test_per_class=2)
         flags += ["--dataset", "imagefolder", "--data-root", str(other.root)]
         (out / "split.json").unlink()  # else the split of the old data is refused first
-    result = subprocess.run(fkt_command(fmnist.root, out, "--epochs", "2", *flags), capture_output=True,
-                            text=True, timeout=600)
-    one_line(result, str(last))
+    one_line(fkt_in_process(fkt_command(fmnist.root, out, "--epochs", "2", *flags), capsys), str(last))
     assert not (out / "metrics.json").exists()
 
 
 @pytest.mark.parametrize("damage", ["garbage", "foreign torch file"])
-def test_evaluate_refuses_a_foreign_checkpoint(tmp_path, damage):
+def test_evaluate_refuses_a_foreign_checkpoint(tmp_path, capsys, damage):
     bad = tmp_path / "model.ckpt"
     if damage == "garbage":
         bad.write_bytes(b"PK\x03\x04 not really a zip")
     else:
         torch.save({"weights": torch.ones(2)}, bad)
-    result = subprocess.run([sys.executable, "-m", "fkt", "evaluate", "--checkpoint", str(bad)],
-                            capture_output=True, text=True, timeout=600)
-    one_line(result, str(bad))
+    one_line(fkt_in_process([sys.executable, "-m", "fkt", "evaluate", "--checkpoint", str(bad)], capsys), str(bad))

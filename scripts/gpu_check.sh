@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The GPU check, in one go on one GPU, in under 8 minutes:
+#   1. `fkt bench` on cuda, bf16-mixed, ResNet-18 (small stem) at 32 px, batch 512, all four methods,
+#      fkt against the bare PyTorch loop;
+#   2. "100 epochs of functional ResNet-18 on 50,000 32x32 images", extrapolated from the measured
+#      functional-clean throughput;
+#   3. a real 1-epoch bf16 `fkt train` (functional) on generated data in the CIFAR-10 python layout
+#      (the GPU machine has no datasets).
+#
+# Usage: scripts/gpu_check.sh [OUTDIR]        (default: $OUT, else ./gpu-check)
+# Everything goes to OUTDIR: env.txt, bench.json, bench.txt, extrapolation.txt, data/, train/,
+# train.log, summary.txt.
+#
+# Every size is an environment variable, so that the logic runs on a CPU too, e.g.
+#   DEVICE=cpu PRECISION=32-true BATCH=8 SIZE=16 STEPS=1 WARMUP=1 REPEATS=1 \
+#   TRAIN_PER_CLASS=4 TEST_PER_CLASS=2 TRAIN_BATCH=8 scripts/gpu_check.sh /tmp/check
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUTDIR="${1:-${OUT:-./gpu-check}}"
+mkdir -p "$OUTDIR"
+OUTDIR="$(cd "$OUTDIR" && pwd)"
+
+DEVICE="${DEVICE:-cuda}"
+PRECISION="${PRECISION:-bf16-mixed}"
+METHODS="${METHODS:-supervised,simclr,functional-clean,functional-view}"
+BACKBONE="${BACKBONE:-resnet18}"
+STEM="${STEM:-small}"
+SIZE="${SIZE:-32}"
+BATCH="${BATCH:-512}"
+STEPS="${STEPS:-30}"
+WARMUP="${WARMUP:-10}"
+REPEATS="${REPEATS:-3}"
+EPOCHS_X="${EPOCHS_X:-100}"            # the extrapolation: epochs ...
+IMAGES_X="${IMAGES_X:-50000}"          # ... over this many images
+TRAIN_PER_CLASS="${TRAIN_PER_CLASS:-5000}"
+TEST_PER_CLASS="${TEST_PER_CLASS:-1000}"
+TRAIN_BATCH="${TRAIN_BATCH:-$BATCH}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-300}"  # seconds; with the training's, well under 8 minutes
+TRAIN_TIMEOUT="${TRAIN_TIMEOUT:-150}"
+
+if [[ -n "${PYTHON:-}" ]]; then PY="$PYTHON"
+elif [[ -x "$REPO/.venv/bin/python" ]]; then PY="$REPO/.venv/bin/python"
+else PY="$(command -v python3 || command -v python)"; fi
+export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"  # fkt from this checkout, installed or not
+# A machine with its own PyTorch but not fkt's other packages (lightly, Lightning, kornia, ...):
+# carry them as wheels in $REPO/.whl (pip download --no-deps ...) and they are installed aside.
+if [[ -d "$REPO/.whl" ]] && ! "$PY" -c 'import lightly, pytorch_lightning, kornia' 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/fkt-site \
+    "$REPO"/.whl/*.whl
+  export PYTHONPATH="$PYTHONPATH:/tmp/fkt-site"
+fi
+export PYTHONUNBUFFERED=1
+case "$DEVICE" in cpu) ACCEL=cpu ;; *) ACCEL=gpu ;; esac
+
+SUMMARY="$OUTDIR/summary.txt"
+: > "$SUMMARY"
+note() { echo "$*" | tee -a "$SUMMARY"; }
+FAILED=()   # a phase that fails is noted and the next one still runs: one GPU session, all the evidence
+START=$SECONDS
+
+# --- 0. where this ran
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  host: $(hostname)  commit: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none)"
+  echo "uptime: $(uptime)"
+  "$PY" -c 'import os, torch; print("python", __import__("platform").python_version(), "torch", torch.__version__,
+"cuda", torch.version.cuda, "gpus", torch.cuda.device_count(), "cpus", os.cpu_count())'
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv
+  fi
+} 2>&1 | tee "$OUTDIR/env.txt"
+
+# --- 1. throughput, fkt against bare PyTorch
+note "== fkt bench: $BACKBONE ($STEM stem) ${SIZE}px batch $BATCH $PRECISION on $DEVICE, methods $METHODS"
+if timeout "$BENCH_TIMEOUT" "$PY" -m fkt bench --device "$DEVICE" --precision "$PRECISION" --backbone "$BACKBONE" \
+    --stem "$STEM" --image-size "$SIZE" --batch-size "$BATCH" --steps "$STEPS" --warmup "$WARMUP" \
+    --repeats "$REPEATS" --methods "$METHODS" --out "$OUTDIR/bench.json" | tee "$OUTDIR/bench.txt"; then
+  cat "$OUTDIR/bench.txt" >> "$SUMMARY"
+  note "bench done at $((SECONDS - START)) s"
+  # --- 2. the long run, extrapolated
+  XMETHOD=functional-clean
+  [[ ",$METHODS," == *",functional-clean,"* ]] || XMETHOD="${METHODS%%,*}"
+  "$PY" "$REPO/benchmarks/extrapolate.py" "$OUTDIR/bench.json" --method "$XMETHOD" --epochs "$EPOCHS_X" \
+    --images "$IMAGES_X" | tee "$OUTDIR/extrapolation.txt" || FAILED+=(extrapolation)
+  cat "$OUTDIR/extrapolation.txt" >> "$SUMMARY" 2>/dev/null || true
+else
+  FAILED+=("bench (exit or timeout after $BENCH_TIMEOUT s)")
+  note "bench FAILED at $((SECONDS - START)) s"
+fi
+
+# --- 3. a real bf16 training epoch on generated CIFAR-10-layout data
+"$PY" "$REPO/benchmarks/synthetic_cifar.py" "$OUTDIR/data" --train-per-class "$TRAIN_PER_CLASS" \
+  --test-per-class "$TEST_PER_CLASS" | tee -a "$SUMMARY"
+TRAIN_START=$SECONDS
+if ! timeout "$TRAIN_TIMEOUT" "$PY" -m fkt train --method functional --dataset cifar10 --data-root "$OUTDIR/data" \
+    --backbone "$BACKBONE" --stem "$STEM" --image-size 32 --batch-size "$TRAIN_BATCH" --epochs 1 \
+    --precision "$PRECISION" --accelerator "$ACCEL" --devices 1 --no-progress --out "$OUTDIR/train" \
+    > "$OUTDIR/train.log" 2>&1; then
+  FAILED+=("train (exit or timeout after $TRAIN_TIMEOUT s; see train.log)")
+  tail -n 20 "$OUTDIR/train.log"
+fi
+TRAIN_WALL=$((SECONDS - TRAIN_START))
+[[ -f "$OUTDIR/train/metrics.json" ]] && "$PY" - "$OUTDIR/train/metrics.json" "$TRAIN_WALL" <<'EOF' | tee -a "$SUMMARY"
+import json, sys
+m = json.load(open(sys.argv[1]))
+c = m["compute"]
+images = c["image_passes"] / 3  # functional with the clean input: 3 passes per image
+rate = images / c["train_seconds"] if c["train_seconds"] else float("nan")
+print(f"train: functional {m['backbone']}, 1 epoch on {m['dataset']} (generated): {c['image_passes']:,} image passes, "
+      f"fit {c['train_seconds']:.1f} s ({rate:,.0f} images/s, validation and start-up included), "
+      f"wall {sys.argv[2]} s with data loading and test evaluation; "
+      f"val acc {100 * m['val']['accuracy']:.1f}%, test acc {100 * m['test']['accuracy']:.1f}%")
+EOF
+note "gpu check done in $((SECONDS - START)) s; everything is in $OUTDIR"
+if ((${#FAILED[@]})); then
+  note "FAILED: ${FAILED[*]}"
+  exit 1
+fi

@@ -1,0 +1,595 @@
+"""`fkt bench`: steady-state training throughput of each method, through fkt and in bare PyTorch.
+
+For every method, two implementations of the same training step are timed on the same
+fixed, in-memory synthetic dataset (random uint8 images already on the device, 10 classes):
+
+- `fkt`: the real path. The method's Lightning module (`fkt.methods.MODULES`, built from a
+  `Config` as the engine builds it, so channels-last, heads, views, losses and optimizer are
+  fkt's own) trained by a Lightning Trainer with fkt's settings (precision, no validation,
+  no sanity steps), minus loggers, checkpoints and the progress bar. A callback stamps
+  `time.perf_counter()` at every `on_train_batch_start`, so each interval holds one whole
+  Lightning step: the fetch, hooks, `training_step` (its NaN guard and `self.log` calls),
+  backward and the optimizer.
+- `bare`: a hand-written loop over the same loader, with the same backbone, heads, views,
+  losses and optimizer (fkt's building blocks: `build_backbone`, `projection_head`,
+  `SimCLRViews`, `contrastive_loss`, `build_optimizer`), but neither Lightning nor the
+  module's `training_step`. Mixed precision is a plain `torch.autocast` (its weight-cast cache
+  on, where Lightning turns it off) and a GradScaler for 16-mixed; `--compile` compiles the
+  backbone in place in both. The clock is read at the same place, after the fetch.
+
+Each (method, impl) runs in a fresh spawned process, so peak memory (RSS on CPU,
+`torch.cuda.max_memory_allocated` on a GPU) is its own. The weights are built from the same
+seed in the same order, and the RNG is re-seeded before each step as fkt does (from
+`fkt.methods.base.step_seed`, so that a resumed run draws the same views; before the first
+step only, where fkt has no such seed), so both implementations draw the same views and make
+the same loss at every step (`first_loss` and `losses` in the JSON; the tests assert it): the
+comparison is of the same computation, and the ratio is what fkt's path costs on top of it.
+
+Threads: torch's default (the CPU count) unless OMP_NUM_THREADS says otherwise; on a CPU
+shared with other busy processes, two OpenMP threads on two cores can be several times
+slower than one, so note the load average printed with the table.
+
+Figures per (method, impl): step time (per repeat: the mean of `steps` consecutive step
+intervals after `warmup` untimed steps; reported: the median over `repeats`), images/s
+(dataset images, `batch / step`), image passes/s (images through the backbone:
+supervised 1 per image, simclr 2, functional-clean 3, functional-view 2) and peak memory;
+per method the fkt/bare throughput ratio; and the functional-view / simclr step-time ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fkt.errors import UserError
+
+SEED = 0
+NUM_CLASSES = 10
+DISTINCT_BATCHES = 4  # the synthetic dataset: this many different batches, cycled
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+IMPLS = ("bare", "fkt")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    module: str            # key of fkt.methods.MODULES
+    config_method: str     # method.name in the Config
+    classifier_input: str  # method.classifier_input
+    passes: int            # images through the backbone per dataset image in a training step
+    ssl: bool
+    ce: bool
+
+
+METHODS: dict[str, MethodSpec] = {
+    "supervised": MethodSpec("supervised", "supervised", "clean", 1, ssl=False, ce=True),
+    "simclr": MethodSpec("simclr", "representational", "clean", 2, ssl=True, ce=False),
+    "functional-clean": MethodSpec("functional", "functional", "clean", 3, ssl=True, ce=True),
+    "functional-view": MethodSpec("functional", "functional", "view", 2, ssl=True, ce=True),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    methods: tuple[str, ...] = tuple(METHODS)
+    backbone: str = "resnet18"
+    stem: str = "small"
+    image_size: int = 32
+    batch_size: int = 128
+    device: str = "cpu"  # resolved: cpu, cuda or cuda:N
+    precision: str = "32-true"
+    compile: bool = False
+    steps: int = 20
+    warmup: int = 5
+    repeats: int = 3
+    seed: int = SEED
+    num_classes: int = NUM_CLASSES
+
+    @property
+    def timed(self) -> int:
+        return self.steps * self.repeats
+
+    @property
+    def total_steps(self) -> int:
+        """Step intervals recorded: warm-up, then `repeats` blocks of `steps`."""
+        return self.warmup + self.timed
+
+
+# --------------------------------------------------------------------------- settings
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA device here (torch {torch.__version__})")
+        index = int(name[5:]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        return f"cuda:{index}"  # with its index: torch.cuda.set_device and Lightning's devices want one
+    raise UserError(f"--device {name}: choose cpu, cuda, cuda:N or auto")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    from fkt.models import BACKBONES
+
+    methods = tuple(m.strip() for m in str(args.methods).split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise UserError(f"--methods {args.methods}: choose from {', '.join(METHODS)}")
+    if args.backbone not in BACKBONES:
+        raise UserError(f"--backbone {args.backbone}: choose from {', '.join(BACKBONES)}")
+    if args.precision not in PRECISIONS:
+        raise UserError(f"--precision {args.precision}: choose from {', '.join(PRECISIONS)}")
+    for flag, value, low in (("--image-size", args.image_size, 8), ("--batch-size", args.batch_size, 2),
+                             ("--steps", args.steps, 1), ("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0)):
+        if value < low:
+            raise UserError(f"{flag} {value}: must be at least {low}")
+    return Settings(methods=tuple(dict.fromkeys(methods)), backbone=args.backbone, stem=args.stem,
+                    image_size=args.image_size, batch_size=args.batch_size, device=resolve_device(args.device),
+                    precision=args.precision, compile=bool(args.compile), steps=args.steps,
+                    warmup=args.warmup, repeats=args.repeats)
+
+
+def bench_config(method: str, s: Settings):
+    """The run config fkt would use for this method (defaults for everything not benchmarked)."""
+    from fkt.config import TrainerConfig, build_config
+
+    spec = METHODS[method]
+    accelerator = "gpu" if s.device.startswith("cuda") else "cpu"
+    trainer = {"accelerator": accelerator, "precision": s.precision, "progress_bar": False,
+               "epochs": 1, "pretrain_epochs": 1}
+    if "compile" in TrainerConfig.model_fields:
+        trainer["compile"] = s.compile  # the module compiles its backbone itself where it knows how
+    return build_config({
+        "method": {"name": spec.config_method, "classifier_input": spec.classifier_input},
+        "data": {"image_size": s.image_size, "batch_size": s.batch_size},
+        "model": {"backbone": s.backbone, "stem": s.stem},
+        "trainer": trainer,
+        "seed": s.seed,
+    }, source="bench")
+
+
+def step_seed_fn(method: str, s: Settings):
+    """The seed fkt draws step i's views from (None where fkt does not re-seed per step).
+
+    fkt re-seeds the global RNG before every training step from (seed, method, step, rank), so a
+    resumed run draws the same views; the bare loop does the same, so that both implementations
+    see the same views at every step (and the same first-step loss)."""
+    from fkt.methods import base
+
+    step_seed = getattr(base, "step_seed", None)
+    if step_seed is None:
+        return None
+    name = METHODS[method].module
+    return lambda step: step_seed(s.seed, name, step, 0)
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seed_all(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)  # every device's generator too
+
+
+def synthetic_loader(s: Settings, device):
+    """A DataLoader over a fixed in-memory dataset of random uint8 images on `device`.
+
+    Item i is batch i (cycling over DISTINCT_BATCHES different ones), so a fetch is a slice,
+    the same in both implementations; `batch_size=None` leaves it as it is."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    gen = torch.Generator().manual_seed(s.seed + 12345)
+    n = DISTINCT_BATCHES * s.batch_size
+    images = torch.randint(0, 256, (n, 3, s.image_size, s.image_size), dtype=torch.uint8, generator=gen).to(device)
+    targets = torch.randint(0, s.num_classes, (n,), generator=gen).to(device)
+
+    class Batches(Dataset):
+        def __len__(self) -> int:
+            return s.total_steps + 1  # the last one only closes the last interval
+
+        def __getitem__(self, i: int):
+            lo = (i % DISTINCT_BATCHES) * s.batch_size
+            return images[lo:lo + s.batch_size], targets[lo:lo + s.batch_size]
+
+    return DataLoader(Batches(), batch_size=None, shuffle=False, num_workers=0)
+
+
+def quiet() -> None:
+    """Lightning's banners and advice off (its loggers are set up when it is imported, so after that)."""
+    import pytorch_lightning  # noqa: F401
+
+    for message in (".*does not have many workers.*", ".*LeafSpec.*", ".*smaller than the logging interval.*",
+                    ".*Tensor Cores.*", ".*GPU available but not used.*", ".*TF32.*", ".*litlogger.*",
+                    ".*no `val_dataloader`.*"):
+        warnings.filterwarnings("ignore", message=message)
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# --------------------------------------------------------------------------- the fkt path
+
+def run_fkt(method: str, s: Settings, device) -> dict[str, Any]:
+    import pytorch_lightning as pl
+    import torch
+
+    from fkt.methods import MODULES
+
+    config = bench_config(method, s)
+    seed_all(s.seed)
+    module = MODULES[METHODS[method].module](config=config.to_dict(), num_classes=s.num_classes)
+    per_step = step_seed_fn(method, s)
+
+    class StepClock(pl.Callback):
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+            self.losses: list[torch.Tensor] = []  # detached, read after the run (no sync per step)
+
+        def on_fit_start(self, trainer, pl_module):
+            # after the module's setup: compile the backbone in place unless fkt already did
+            if s.compile and getattr(pl_module.backbone, "_compiled_call_impl", None) is None:
+                pl_module.backbone.compile()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            sync(device)
+            self.stamps.append(time.perf_counter())
+            if batch_idx == 0 and per_step is None:
+                seed_all(s.seed)  # an fkt without per-step seeds: step 0 then draws the bare loop's views
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(outputs["loss"].detach())
+
+    clock = StepClock()
+    t = config.trainer
+    devices = [device.index or 0] if device.type == "cuda" else 1
+    trainer = pl.Trainer(
+        # as engine.build_trainer, minus loggers, checkpoints, progress bar and validation
+        max_epochs=1,
+        max_steps=s.total_steps + 1,
+        accelerator=t.accelerator,
+        devices=devices,
+        num_nodes=1,
+        strategy=t.strategy,
+        precision=t.precision,
+        deterministic=t.deterministic,
+        sync_batchnorm=getattr(t, "sync_batchnorm", False),
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[clock],
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, train_dataloaders=synthetic_loader(s, device))
+    sync(device)
+    return {"stamps": clock.stamps[: s.total_steps + 1], "losses": [float(x) for x in clock.losses],
+            "image_passes": module.image_passes, "steps_run": len(clock.losses),
+            "channels_last": module.memory_format == torch.channels_last}
+
+
+# --------------------------------------------------------------------------- the bare loop
+
+def run_bare(method: str, s: Settings, device) -> dict[str, Any]:
+    import torch
+    from torch.nn import functional as F
+
+    from fkt.data.transforms import Normalize, SimCLRViews
+    from fkt.methods.base import build_optimizer
+    from fkt.models import build_backbone, classifier_head, projection_head
+    from fkt.objectives import contrastive_loss
+
+    spec = METHODS[method]
+    cfg = bench_config(method, s)
+    seed_all(s.seed)
+    # built in Method.__init__'s order, so that the same seed gives the same weights
+    backbone, feat_dim = build_backbone(cfg.model.backbone, cfg.model.stem, None)
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    backbone.to(memory_format=memory_format)
+    classifier = classifier_head(feat_dim, s.num_classes)
+    projector = projection_head(feat_dim, cfg.model.proj_hidden_dim, cfg.model.proj_output_dim) if spec.ssl else None
+    views = SimCLRViews(s.image_size)
+    normalize = Normalize()
+    contrastive = contrastive_loss(cfg.method.temperature)
+    for part in (backbone, classifier, projector, views, normalize):
+        if part is not None:
+            part.to(device).train()
+
+    trained = [backbone] + ([projector] if spec.ssl else []) + ([classifier] if spec.ce else [])
+    params = [p for m in trained for p in m.parameters()]
+    for p in classifier.parameters():
+        p.requires_grad_(spec.ce)
+    optim = cfg.optim
+    settings = {"supervised": optim.supervised, "representational": optim.ssl,
+                "functional": getattr(optim, optim.functional)}[spec.config_method]
+    optimizer = build_optimizer(settings, params)
+    if s.compile:
+        backbone.compile()  # in place, as fkt does
+    net = backbone
+    per_step = step_seed_fn(method, s)
+
+    amp_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(s.precision)
+    scaler = torch.amp.GradScaler(device.type) if s.precision == "16-mixed" else None
+    lam = cfg.method.lambda_ce
+    view_input = spec.classifier_input == "view"
+    passes = 0
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        nonlocal passes
+        passes += x.shape[0]
+        return net(x.contiguous(memory_format=memory_format))
+
+    def step_loss(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        h1 = None
+        loss = None
+        if spec.ssl:
+            h1 = encode(views(images))
+            h2 = encode(views(images))
+            loss = contrastive(projector(h1), projector(h2))
+        if spec.ce:
+            features = h1 if view_input and h1 is not None else encode(views(images) if view_input
+                                                                         else normalize(images))
+            ce = F.cross_entropy(classifier(features), targets)
+            loss = ce if loss is None else loss + lam * ce
+        return loss
+
+    stamps: list[float] = []
+    losses: list[torch.Tensor] = []
+    for i, (images, targets) in enumerate(synthetic_loader(s, device)):
+        sync(device)
+        stamps.append(time.perf_counter())
+        if i == s.total_steps:
+            break
+        if per_step is not None:
+            torch.manual_seed(per_step(i))  # as fkt's on_train_batch_start
+        elif i == 0:
+            seed_all(s.seed)
+        if amp_dtype is not None:
+            with torch.autocast(device.type, dtype=amp_dtype):
+                loss = step_loss(images, targets)
+        else:
+            loss = step_loss(images, targets)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        losses.append(loss.detach())
+    sync(device)
+    return {"stamps": stamps, "losses": [float(x) for x in losses],
+            "image_passes": passes, "steps_run": len(losses),
+            "channels_last": memory_format == torch.channels_last}
+
+
+# --------------------------------------------------------------------------- one measurement
+
+def summarize(stamps: list[float], s: Settings) -> dict[str, Any]:
+    intervals = [b - a for a, b in zip(stamps, stamps[1:])]
+    if len(intervals) < s.total_steps:
+        raise RuntimeError(f"recorded {len(intervals)} step intervals, expected {s.total_steps}")
+    timed = intervals[s.warmup:s.total_steps]
+    blocks = [timed[r * s.steps:(r + 1) * s.steps] for r in range(s.repeats)]
+    per_repeat = [sum(b) / len(b) for b in blocks]
+    step = statistics.median(per_repeat)
+    images_per_s = s.batch_size / step
+    return {
+        "step_ms": step * 1e3,
+        "step_ms_repeats": [x * 1e3 for x in per_repeat],
+        "step_ms_min": min(timed) * 1e3,
+        "step_ms_all": [x * 1e3 for x in intervals],  # warm-up included, for tracing
+        "images_per_s": images_per_s,
+    }
+
+
+def measure(method: str, impl: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """One (method, impl) measurement; meant to run in a fresh process (peak memory is per process)."""
+    quiet()
+    import torch
+
+    s = Settings(**{**settings, "methods": tuple(settings["methods"])})
+    device = torch.device(s.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    run = run_fkt if impl == "fkt" else run_bare
+    raw = run(method, s, device)
+    out = summarize(raw["stamps"], s)
+    spec = METHODS[method]
+    images_seen = raw["steps_run"] * s.batch_size
+    out.update({
+        "method": method,
+        "impl": impl,
+        "passes_per_image": spec.passes,
+        "passes_per_image_counted": raw["image_passes"] / images_seen if images_seen else math.nan,
+        "passes_per_s": out["images_per_s"] * spec.passes,
+        "first_loss": raw["losses"][0] if raw["losses"] else math.nan,
+        "losses": raw["losses"],  # every step's total loss, warm-up included
+        "steps_run": raw["steps_run"],
+        "channels_last": raw["channels_last"],
+        "threads": torch.get_num_threads(),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+        "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+    })
+    out["peak_mb"] = out["peak_gpu_mb"] if out["peak_gpu_mb"] is not None else out["peak_rss_mb"]
+    out["peak_memory_kind"] = "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS"
+    return out
+
+
+def measure_in_fresh_process(method: str, impl: str, s: Settings) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(measure, method, impl, asdict(s)).result()
+
+
+# --------------------------------------------------------------------------- the whole bench
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(s: Settings) -> dict[str, Any]:
+    import kornia
+    import lightly
+    import pytorch_lightning as pl
+    import torch
+
+    device = torch.device(s.device)
+    env = {
+        "torch": torch.__version__,
+        "pytorch_lightning": pl.__version__,
+        "kornia": kornia.__version__,
+        "lightly": lightly.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": s.device,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "cuda": torch.version.cuda,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "precision": s.precision,
+        "batch_size": s.batch_size,
+        "image_size": s.image_size,
+        "backbone": s.backbone,
+        "stem": s.stem,
+        "compile": s.compile,
+        "steps": s.steps,
+        "warmup": s.warmup,
+        "repeats": s.repeats,
+        "seed": s.seed,
+        "num_classes": s.num_classes,
+        "data": f"{DISTINCT_BATCHES} batches of random uint8 images on the device, cycled",
+    }
+    from fkt.config import ModelConfig
+
+    env["channels_last"] = ModelConfig().channels_last
+    return env
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
+    by = {(r["method"], r["impl"]): r for r in results}
+    pairs = [m for m in METHODS if (m, "fkt") in by and (m, "bare") in by]
+    fkt_over_bare = {m: by[(m, "fkt")]["images_per_s"] / by[(m, "bare")]["images_per_s"] for m in pairs}
+    # the same on each one's fastest timed step: less sensitive to other processes' load
+    best_step = {m: by[(m, "bare")]["step_ms_min"] / by[(m, "fkt")]["step_ms_min"] for m in pairs}
+    view_over_simclr = {impl: by[("functional-view", impl)]["step_ms"] / by[("simclr", impl)]["step_ms"]
+                        for impl in IMPLS if ("functional-view", impl) in by and ("simclr", impl) in by}
+    return {"fkt_over_bare": fkt_over_bare, "fkt_over_bare_fastest_step": best_step,
+            "view_over_simclr_step": view_over_simclr,
+            "view_over_simclr_target": 1.05}
+
+
+def run_all(s: Settings, progress: bool = True) -> dict[str, Any]:
+    load_before = os.getloadavg()
+    started = time.time()
+    results = []
+    for method in s.methods:
+        for impl in IMPLS:
+            if progress:
+                print(f"[fkt bench] {method} / {impl} ...", file=sys.stderr, flush=True)
+            results.append(measure_in_fresh_process(method, impl, s))
+    return {
+        "env": environment(s),
+        "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+        "wall_seconds": time.time() - started,
+        "results": results,
+        "ratios": ratios(results),
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    env = report["env"]
+    fkt_over_bare = report["ratios"]["fkt_over_bare"]
+    lines = [
+        f"fkt bench: {env['backbone']} ({env['stem']} stem), {env['image_size']} px, batch {env['batch_size']}, "
+        f"{env['precision']}{', compiled' if env['compile'] else ''}, on {env['device']} ({env['device_name']}), "
+        f"{env['threads']} threads; median over {env['repeats']} repeats of {env['steps']} steps "
+        f"after {env['warmup']} warm-up",
+        "",
+        "| method | impl | step ms | images/s | passes/s | peak MB | fkt/bare |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        ratio = f"{fkt_over_bare[r['method']]:.3f}" if r["impl"] == "fkt" and r["method"] in fkt_over_bare else ""
+        lines.append(f"| {r['method']} | {r['impl']} | {r['step_ms']:.1f} | {r['images_per_s']:,.0f} | "
+                     f"{r['passes_per_s']:,.0f} | {r['peak_mb']:,.0f} | {ratio} |")
+    best = report["ratios"].get("fkt_over_bare_fastest_step", {})
+    if best:
+        lines += ["", "fkt/bare on each one's fastest step (less sensitive to other load): "
+                  + ", ".join(f"{m} {v:.3f}" for m, v in best.items())]
+    view = report["ratios"]["view_over_simclr_step"]
+    if view:
+        shown = ", ".join(f"{impl} {v:.3f}x" for impl, v in view.items())
+        verdict = "within" if view.get("fkt", 0) <= report["ratios"]["view_over_simclr_target"] else "above"
+        lines += ["", f"functional-view / simclr step time: {shown} ({verdict} the 1.05x target for fkt)"]
+    load = report["load_average"]
+    lines.append(f"load average (1/5/15 min) before {fmt_load(load['before'])}, after {fmt_load(load['after'])}; "
+                 f"peak MB is {report['results'][0]['peak_memory_kind']}")
+    return "\n".join(lines)
+
+
+def fmt_load(values: list[float]) -> str:
+    return "/".join(f"{v:.2f}" for v in values)
+
+
+def extrapolate_seconds(report: dict[str, Any], method: str = "functional-clean", impl: str = "fkt",
+                        epochs: int = 100, images: int = 50_000) -> float:
+    """Training wall time for `epochs` over `images` at the measured steady-state throughput
+    (training steps only: no validation, data loading beyond the in-memory fetch, or start-up)."""
+    row = next((r for r in report["results"] if r["method"] == method and r["impl"] == impl), None)
+    if row is None:
+        raise KeyError(f"no {method}/{impl} measurement in the report")
+    return epochs * images / row["images_per_s"]
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    s = settings_from_args(args)
+    report = run_all(s)
+    print(format_table(report))
+    if args.out is not None:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"[fkt bench] wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+__all__ = ["METHODS", "Settings", "extrapolate_seconds", "format_table", "measure", "run_all", "run_bench"]

@@ -1,0 +1,182 @@
+"""`fkt bench`: every method through fkt and the bare loop, the same computation, sane figures.
+
+The whole bench (eight spawned processes) and the GPU check script in CPU mode are `slow`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fkt.bench import IMPLS, METHODS, extrapolate_seconds, format_table, run_bench
+from fkt.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSES = {"supervised": 1, "simclr": 2, "functional-clean": 3, "functional-view": 2}
+
+
+def bench_args(out: Path | None, **overrides) -> argparse.Namespace:
+    values = dict(methods=",".join(PASSES), backbone="resnet18", stem="small", image_size=16, batch_size=8,
+                  device="cpu", precision="32-true", compile=False, steps=2, warmup=1, repeats=1, out=out)
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    """One tiny bench of all four methods, both implementations, each in its own process."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    assert run_bench(bench_args(out)) == 0
+    return json.loads(out.read_text())
+
+
+def rows(report: dict) -> dict[tuple[str, str], dict]:
+    return {(r["method"], r["impl"]): r for r in report["results"]}
+
+
+@pytest.mark.slow
+def test_every_method_and_impl_is_measured(report):
+    assert set(METHODS) == set(PASSES)
+    assert set(rows(report)) == {(m, i) for m in PASSES for i in IMPLS}
+
+
+@pytest.mark.slow
+def test_figures_are_positive_and_finite(report):
+    for r in report["results"]:
+        for key in ("step_ms", "images_per_s", "passes_per_s", "peak_mb", "peak_rss_mb", "first_loss"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["method"], r["impl"], key, r[key])
+        assert r["images_per_s"] == pytest.approx(8 / (r["step_ms"] / 1e3))
+        assert len(r["step_ms_repeats"]) == 1 and len(r["step_ms_all"]) == 1 + 2  # warm-up + timed steps
+        assert r["peak_gpu_mb"] is None and r["peak_memory_kind"] == "process max RSS"
+        assert r["channels_last"] is True
+
+
+@pytest.mark.slow
+def test_passes_per_image(report):
+    for (method, impl), r in rows(report).items():
+        assert r["passes_per_image"] == PASSES[method]
+        assert r["passes_per_image_counted"] == PASSES[method], (method, impl)  # what the step really did
+        assert r["passes_per_s"] == pytest.approx(r["images_per_s"] * PASSES[method])
+
+
+@pytest.mark.slow
+def test_fkt_and_bare_compute_the_same_step(report):
+    """Same weights, views, losses and optimizer: the same loss at step 0, and after the updates."""
+    by = rows(report)
+    for method in PASSES:
+        fkt, bare = by[(method, "fkt")], by[(method, "bare")]
+        assert fkt["first_loss"] == pytest.approx(bare["first_loss"], rel=1e-6, abs=1e-6), method
+        n = len(bare["losses"])
+        assert n == 3 and fkt["losses"][:n] == pytest.approx(bare["losses"], rel=1e-4), method
+
+
+@pytest.mark.slow
+def test_ratios_environment_and_table(report):
+    ratios = report["ratios"]
+    assert set(ratios["fkt_over_bare"]) == set(PASSES)
+    by = rows(report)
+    for method, ratio in ratios["fkt_over_bare"].items():
+        assert ratio == pytest.approx(by[(method, "fkt")]["images_per_s"] / by[(method, "bare")]["images_per_s"])
+    assert set(ratios["view_over_simclr_step"]) == set(IMPLS)
+    env = report["env"]
+    for key in ("torch", "device_name", "cpu_count", "threads", "precision", "batch_size", "image_size", "backbone"):
+        assert env[key] not in (None, ""), key
+    assert (env["device"], env["precision"], env["batch_size"], env["image_size"], env["backbone"]) == (
+        "cpu", "32-true", 8, 16, "resnet18")
+    table = format_table(report)
+    assert "| method | impl | step ms | images/s | passes/s | peak MB | fkt/bare |" in table
+    assert table.count("| fkt |") == 4 and "functional-view / simclr step time" in table
+
+
+@pytest.mark.parametrize("method", ["functional-clean"])
+def test_same_losses_in_process(method):
+    """The fairness check without the subprocesses: fkt's Lightning step and the bare loop make
+    the same loss at every step (same weights, views, terms and optimizer updates)."""
+    import torch
+
+    from fkt.bench import Settings, quiet, run_bare, run_fkt
+
+    quiet()
+    s = Settings(methods=(method,), image_size=16, batch_size=8, steps=2, warmup=1, repeats=1)
+    fkt, bare = run_fkt(method, s, torch.device("cpu")), run_bare(method, s, torch.device("cpu"))
+    assert bare["steps_run"] == 3 and fkt["steps_run"] == 4  # fkt's last step only closes the clock
+    assert fkt["losses"][0] == pytest.approx(bare["losses"][0], rel=1e-6)
+    assert fkt["losses"][:3] == pytest.approx(bare["losses"], rel=1e-4)
+    assert fkt["image_passes"] / 4 == bare["image_passes"] / 3 == 8 * PASSES[method]
+    assert len(fkt["stamps"]) == len(bare["stamps"]) == 4
+
+
+def test_bad_settings_are_one_line_errors():
+    for overrides in ({"methods": "supervised,dino"}, {"precision": "8-true"}, {"device": "tpu"},
+                      {"steps": 0}, {"batch_size": 1}):
+        with pytest.raises(UserError):
+            run_bench(bench_args(None, **overrides))
+
+
+def test_extrapolation():
+    fake = {"results": [{"method": "functional-clean", "impl": "fkt", "images_per_s": 5000.0}]}
+    assert extrapolate_seconds(fake) == pytest.approx(100 * 50_000 / 5000.0)
+    with pytest.raises(KeyError):
+        extrapolate_seconds(fake, method="simclr")
+
+
+# --------------------------------------------------------------------------- the GPU check's parts
+
+def test_synthetic_cifar_is_read_by_fkt_and_is_learnable(tmp_path):
+    from fkt.data.cifar10 import load
+
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "synthetic_cifar.py"), str(tmp_path),
+                    "--train-per-class", "6", "--test-per-class", "3"], check=True)
+    folder = tmp_path / "cifar-10-batches-py"
+    with open(folder / "data_batch_1", "rb") as handle:  # keys as in the real files: py2 strings
+        entry = pickle.load(handle, encoding="bytes")
+    assert entry[b"data"].dtype == np.uint8 and entry[b"data"].shape[1] == 3072
+    with open(folder / "batches.meta", "rb") as handle:
+        assert pickle.load(handle, encoding="bytes")[b"label_names"][0] == b"airplane"
+    bundle = load(tmp_path)
+    assert len(bundle.classes) == 10 and bundle.classes[0] == "airplane"
+    assert bundle.train.pixels.shape == (60, 32, 32, 3) and bundle.test.pixels.shape == (30, 32, 32, 3)
+    assert np.bincount(bundle.train.targets, minlength=10).tolist() == [6] * 10
+    # class-dependent: nearest class mean on each image's colour balance (per-channel mean and
+    # spread, relative to the image's own) is right far above chance (0.1)
+
+    def colour(pixels: np.ndarray) -> np.ndarray:
+        p = pixels.astype(float)
+        m, s = p.mean((1, 2)), p.std((1, 2))
+        return np.concatenate([m - m.mean(1, keepdims=True), 100 * s / s.sum(1, keepdims=True)], 1)
+
+    x, y = colour(bundle.train.pixels), bundle.train.targets
+    means = np.stack([x[y == c].mean(0) for c in range(10)])
+    predicted = np.argmin(((colour(bundle.test.pixels)[:, None] - means[None]) ** 2).sum(-1), axis=1)
+    assert (predicted == bundle.test.targets).mean() > 0.6
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_cpu(tmp_path):
+    """The whole script, in CPU mode with tiny sizes: its logic, not its figures."""
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    env = {**os.environ, "DEVICE": "cpu", "PRECISION": "32-true", "METHODS": "functional-clean",
+           "BATCH": "8", "SIZE": "16", "STEPS": "1", "WARMUP": "1", "REPEATS": "1",
+           "TRAIN_PER_CLASS": "4", "TEST_PER_CLASS": "2", "TRAIN_BATCH": "8", "PYTHON": sys.executable}
+    out = tmp_path / "check"
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(out)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "100 epochs" in done.stdout
+    report = json.loads((out / "bench.json").read_text())
+    assert {(r["method"], r["impl"]) for r in report["results"]} == {
+        ("functional-clean", i) for i in IMPLS}
+    metrics = json.loads((out / "train" / "metrics.json").read_text())
+    assert metrics["compute"]["epochs"] == 1 and metrics["test"]["accuracy"] >= 0
+    summary = (out / "summary.txt").read_text()
+    assert "extrapolated" in summary and "train" in summary
