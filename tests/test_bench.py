@@ -47,6 +47,7 @@ def rows(report: dict) -> dict[tuple[str, str], dict]:
 def test_every_method_and_impl_is_measured(report):
     assert set(METHODS) == set(PASSES)
     assert set(rows(report)) == {(m, i) for m in PASSES for i in IMPLS}
+    assert report["complete"] is True  # rewritten after each measurement, complete at the end
 
 
 @pytest.mark.slow

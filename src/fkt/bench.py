@@ -151,14 +151,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def bench_config(method: str, s: Settings):
     """The run config fkt would use for this method (defaults for everything not benchmarked)."""
-    from fkt.config import TrainerConfig, build_config
+    from fkt.config import build_config
 
     spec = METHODS[method]
     accelerator = "gpu" if s.device.startswith("cuda") else "cpu"
-    trainer = {"accelerator": accelerator, "precision": s.precision, "progress_bar": False,
-               "epochs": 1, "pretrain_epochs": 1}
-    if "compile" in TrainerConfig.model_fields:
-        trainer["compile"] = s.compile  # the module compiles its backbone itself where it knows how
+    # one device: the CPU, or the GPU's index ("1," is Lightning's spelling of device 1)
+    devices = f"{s.device.split(':')[1] if ':' in s.device else 0}," if accelerator == "gpu" else 1
+    trainer = {"accelerator": accelerator, "devices": devices, "precision": s.precision, "progress_bar": False,
+               "epochs": 1, "pretrain_epochs": 1, "compile": s.compile, "sync_batchnorm": False}
     return build_config({
         "method": {"name": spec.config_method, "classifier_input": spec.classifier_input},
         "data": {"image_size": s.image_size, "batch_size": s.batch_size},
@@ -240,6 +240,7 @@ def run_fkt(method: str, s: Settings, device) -> dict[str, Any]:
     import pytorch_lightning as pl
     import torch
 
+    from fkt.engine import make_trainer
     from fkt.methods import MODULES
 
     config = bench_config(method, s)
@@ -252,11 +253,6 @@ def run_fkt(method: str, s: Settings, device) -> dict[str, Any]:
             self.stamps: list[float] = []
             self.losses: list[torch.Tensor] = []  # detached, read after the run (no sync per step)
 
-        def on_fit_start(self, trainer, pl_module):
-            # after the module's setup: compile the backbone in place unless fkt already did
-            if s.compile and getattr(pl_module.backbone, "_compiled_call_impl", None) is None:
-                pl_module.backbone.compile()
-
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             sync(device)
             self.stamps.append(time.perf_counter())
@@ -267,24 +263,14 @@ def run_fkt(method: str, s: Settings, device) -> dict[str, Any]:
             self.losses.append(outputs["loss"].detach())
 
     clock = StepClock()
-    t = config.trainer
-    devices = [device.index or 0] if device.type == "cuda" else 1
-    trainer = pl.Trainer(
-        # as engine.build_trainer, minus loggers, checkpoints, progress bar and validation
+    trainer = make_trainer(  # fkt's hardware settings; no loggers, checkpoints, progress bar or validation
+        config,
         max_epochs=1,
         max_steps=s.total_steps + 1,
-        accelerator=t.accelerator,
-        devices=devices,
-        num_nodes=1,
-        strategy=t.strategy,
-        precision=t.precision,
-        deterministic=t.deterministic,
-        sync_batchnorm=getattr(t, "sync_batchnorm", False),
-        use_distributed_sampler=False,
         logger=False,
         enable_checkpointing=False,
         callbacks=[clock],
-        log_every_n_steps=t.log_every_n_steps,
+        log_every_n_steps=config.trainer.log_every_n_steps,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
@@ -517,22 +503,38 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
             "view_over_simclr_target": 1.05}
 
 
-def run_all(s: Settings, progress: bool = True) -> dict[str, Any]:
+def run_all(s: Settings, progress: bool = True, out: Path | None = None) -> dict[str, Any]:
+    """Every (method, impl), each in a fresh process; with `out`, the JSON is rewritten after each
+    measurement (`"complete": false` until the last), so an interrupted bench leaves what it measured."""
+    env = environment(s)
     load_before = os.getloadavg()
     started = time.time()
-    results = []
+    results: list[dict[str, Any]] = []
+
+    def report(complete: bool) -> dict[str, Any]:
+        return {"env": env, "complete": complete,
+                "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+                "wall_seconds": time.time() - started, "results": results, "ratios": ratios(results)}
+
     for method in s.methods:
         for impl in IMPLS:
             if progress:
                 print(f"[fkt bench] {method} / {impl} ...", file=sys.stderr, flush=True)
             results.append(measure_in_fresh_process(method, impl, s))
-    return {
-        "env": environment(s),
-        "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
-        "wall_seconds": time.time() - started,
-        "results": results,
-        "ratios": ratios(results),
-    }
+            if out is not None:
+                write_json(out, report(False))
+    final = report(True)
+    if out is not None:
+        write_json(out, final)
+    return final
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -582,12 +584,9 @@ def extrapolate_seconds(report: dict[str, Any], method: str = "functional-clean"
 
 def run_bench(args: argparse.Namespace) -> int:
     s = settings_from_args(args)
-    report = run_all(s)
+    report = run_all(s, out=args.out)
     print(format_table(report))
     if args.out is not None:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"[fkt bench] wrote {args.out}", file=sys.stderr)
     return 0
 
