@@ -4,8 +4,9 @@
 #      fkt against the bare PyTorch loop;
 #   2. "100 epochs of functional ResNet-18 on 50,000 32x32 images", extrapolated from the measured
 #      functional-clean throughput;
-#   3. a real 1-epoch bf16 `fkt train` (functional) on generated data in the CIFAR-10 python layout
-#      (the GPU machine has no datasets).
+#   3. a real bf16 `fkt train` (functional, TRAIN_EPOCHS epochs) on generated data in the CIFAR-10
+#      python layout (the GPU machine has no datasets), with the 100-epoch time it implies;
+#   4. optionally (COMPILE_METHODS, empty to skip) `fkt bench --compile` for those methods.
 #
 # Usage: scripts/gpu_check.sh [OUTDIR]        (default: $OUT, else ./gpu-check)
 # Everything goes to OUTDIR: env.txt, bench.json, bench.txt, extrapolation.txt, data/, train/,
@@ -36,6 +37,9 @@ IMAGES_X="${IMAGES_X:-50000}"          # ... over this many images
 TRAIN_PER_CLASS="${TRAIN_PER_CLASS:-5000}"
 TEST_PER_CLASS="${TEST_PER_CLASS:-1000}"
 TRAIN_BATCH="${TRAIN_BATCH:-$BATCH}"
+TRAIN_EPOCHS="${TRAIN_EPOCHS:-3}"
+COMPILE_METHODS="${COMPILE_METHODS-functional-clean}"
+COMPILE_TIMEOUT="${COMPILE_TIMEOUT:-150}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-300}"  # seconds; with the training's, well under 8 minutes
 TRAIN_TIMEOUT="${TRAIN_TIMEOUT:-150}"
 
@@ -93,24 +97,41 @@ fi
   --test-per-class "$TEST_PER_CLASS" | tee -a "$SUMMARY"
 TRAIN_START=$SECONDS
 if ! timeout "$TRAIN_TIMEOUT" "$PY" -m fkt train --method functional --dataset cifar10 --data-root "$OUTDIR/data" \
-    --backbone "$BACKBONE" --stem "$STEM" --image-size 32 --batch-size "$TRAIN_BATCH" --epochs 1 \
+    --backbone "$BACKBONE" --stem "$STEM" --image-size 32 --batch-size "$TRAIN_BATCH" --epochs "$TRAIN_EPOCHS" \
     --precision "$PRECISION" --accelerator "$ACCEL" --devices 1 --no-progress --out "$OUTDIR/train" \
     > "$OUTDIR/train.log" 2>&1; then
   FAILED+=("train (exit or timeout after $TRAIN_TIMEOUT s; see train.log)")
   tail -n 20 "$OUTDIR/train.log"
 fi
 TRAIN_WALL=$((SECONDS - TRAIN_START))
-[[ -f "$OUTDIR/train/metrics.json" ]] && "$PY" - "$OUTDIR/train/metrics.json" "$TRAIN_WALL" <<'EOF' | tee -a "$SUMMARY"
+[[ -f "$OUTDIR/train/metrics.json" ]] && "$PY" - "$OUTDIR/train/metrics.json" "$TRAIN_WALL" "$EPOCHS_X" <<'EOF' | tee -a "$SUMMARY"
 import json, sys
 m = json.load(open(sys.argv[1]))
 c = m["compute"]
+epochs, target = c["epochs"], int(sys.argv[3])
 images = c["image_passes"] / 3  # functional with the clean input: 3 passes per image
 rate = images / c["train_seconds"] if c["train_seconds"] else float("nan")
-print(f"train: functional {m['backbone']}, 1 epoch on {m['dataset']} (generated): {c['image_passes']:,} image passes, "
-      f"fit {c['train_seconds']:.1f} s ({rate:,.0f} images/s, validation and start-up included), "
+per_epoch = c["train_seconds"] / epochs
+print(f"train: functional {m['backbone']}, {epochs} epoch(s) on {m['dataset']} (generated): {c['image_passes']:,} image "
+      f"passes, fit {c['train_seconds']:.1f} s ({rate:,.0f} images/s, validation and start-up included), "
       f"wall {sys.argv[2]} s with data loading and test evaluation; "
       f"val acc {100 * m['val']['accuracy']:.1f}%, test acc {100 * m['test']['accuracy']:.1f}%")
+print(f"from the real run: {target} epochs of {images / epochs:,.0f} images at {per_epoch:.1f} s an epoch "
+      f"(validation and start-up included) -> {target * per_epoch / 60:.1f} min")
 EOF
+# --- 4. torch.compile, optional
+if [[ -n "$COMPILE_METHODS" ]]; then
+  note "== fkt bench --compile: methods $COMPILE_METHODS"
+  if timeout "$COMPILE_TIMEOUT" "$PY" -m fkt bench --compile --device "$DEVICE" --precision "$PRECISION" \
+      --backbone "$BACKBONE" --stem "$STEM" --image-size "$SIZE" --batch-size "$BATCH" --steps "$STEPS" \
+      --warmup "$WARMUP" --repeats "$REPEATS" --methods "$COMPILE_METHODS" --out "$OUTDIR/bench-compile.json" \
+      | tee "$OUTDIR/bench-compile.txt"; then
+    cat "$OUTDIR/bench-compile.txt" >> "$SUMMARY"
+  else
+    FAILED+=("bench --compile (exit or timeout after $COMPILE_TIMEOUT s)")
+  fi
+fi
+
 note "gpu check done in $((SECONDS - START)) s; everything is in $OUTDIR"
 if ((${#FAILED[@]})); then
   note "FAILED: ${FAILED[*]}"

@@ -168,7 +168,8 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
         pytest.skip("no bash")
     env = {**os.environ, "DEVICE": "cpu", "PRECISION": "32-true", "METHODS": "functional-clean",
            "BATCH": "8", "SIZE": "16", "STEPS": "1", "WARMUP": "1", "REPEATS": "1",
-           "TRAIN_PER_CLASS": "4", "TEST_PER_CLASS": "2", "TRAIN_BATCH": "8", "PYTHON": sys.executable}
+           "TRAIN_PER_CLASS": "4", "TEST_PER_CLASS": "2", "TRAIN_BATCH": "8", "TRAIN_EPOCHS": "1",
+           "COMPILE_METHODS": "", "PYTHON": sys.executable}
     out = tmp_path / "check"
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(out)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=900)

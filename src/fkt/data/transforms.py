@@ -1,8 +1,8 @@
 """One augmentation recipe for every arm: SimCLR's standard set, scaled to the image size.
 
 Loaders deliver each image once, resized to the run's square size, as uint8 RGB; the
-SimCLR views are drawn from that batch on the training device by kornia, with independent
-random parameters per image (batched, so a CPU or GPU is not starved by per-image Python).
+SimCLR views are drawn from that batch on the training device, with independent random
+parameters per image (batched, so a CPU or GPU is not starved by per-image Python).
 
 Small images (<= 64 px, CIFAR-like) follow the SimCLR paper's CIFAR recipe: colour-jitter
 strength 0.5 and no blur; larger ones get strength 1.0 and a blur whose kernel is 10% of
@@ -11,9 +11,14 @@ the image side. The classifier's clean input is the same image, normalised like 
 
 from __future__ import annotations
 
-import kornia.augmentation as K
+import math
+
+import kornia.color as KC
+import kornia.enhance as KE
+import kornia.filters as KF
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -37,27 +42,90 @@ class Normalize(nn.Module):
 
 
 class SimCLRViews(nn.Module):
-    """A random SimCLR view of each image in a batch."""
+    """A random SimCLR view of each image in a batch, every parameter drawn per image.
+
+    The parameters are drawn on the batch's device in a few batched calls and applied with
+    kornia's functional image ops: kornia's augmentation modules cost about 1,200 tensor ops a
+    view (measured), which made the views, not the network, the bulk of a step on an H100.
+    """
 
     def __init__(self, size: int) -> None:
         super().__init__()
         small = size <= SMALL
         strength = 0.5 if small else 1.0
-        ops: list[nn.Module] = [
-            K.RandomResizedCrop((size, size), scale=(0.08, 1.0)),
-            K.RandomHorizontalFlip(p=0.5),
-            K.ColorJitter(0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength, p=0.8),
-            K.RandomGrayscale(p=0.2),
-        ]
-        if not small:
-            kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
-            ops.append(K.RandomGaussianBlur((kernel, kernel), sigma=(0.1, 2.0), p=0.5))
-        self.ops = nn.Sequential(*ops)
+        self.size = size
+        self.scale, self.ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+        self.p_flip, self.p_jitter, self.p_gray, self.p_blur = 0.5, 0.8, 0.2, 0.5
+        self.jitter = (0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)  # b, c, s, hue (turns)
+        self.blur_kernel = None if small else max(3, int(0.1 * size) // 2 * 2 + 1)
+        self.blur_sigma = (0.1, 2.0)
         self.normalize = Normalize()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.normalize(self.ops(to_float(images)))
+        x = self.crop_flip(to_float(images))
+        x = self.color_jitter(x)
+        x = self.grayscale(x)
+        if self.blur_kernel is not None:
+            x = self.blur(x)
+        return self.normalize(x)
+
+    def crop_flip(self, x: torch.Tensor, tries: int = 10) -> torch.Tensor:
+        """RandomResizedCrop (torchvision's sampling: 10 tries, else the whole image) and a
+        horizontal flip, as one affine resampling."""
+        n, _, height, width = x.shape
+        dev = x.device
+        area = height * width * torch.empty(n, tries, device=dev).uniform_(*self.scale)
+        log_ratio = torch.empty(n, tries, device=dev).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
+        w = torch.sqrt(area * torch.exp(log_ratio)).round()
+        h = torch.sqrt(area / torch.exp(log_ratio)).round()
+        fits = (w >= 1) & (w <= width) & (h >= 1) & (h <= height)
+        first = fits.int().argmax(dim=1, keepdim=True)
+        found = fits.any(dim=1)
+        w = torch.where(found, w.gather(1, first).squeeze(1), float(width))
+        h = torch.where(found, h.gather(1, first).squeeze(1), float(height))
+        left = torch.floor(torch.rand(n, device=dev) * (width - w + 1))
+        top = torch.floor(torch.rand(n, device=dev) * (height - h + 1))
+        flip = torch.where(torch.rand(n, device=dev) < self.p_flip, -1.0, 1.0)
+        theta = torch.zeros(n, 2, 3, device=dev)  # output [-1, 1] -> input [-1, 1], pixel edges (align_corners=False)
+        theta[:, 0, 0] = flip * w / width
+        theta[:, 0, 2] = (2 * left + w) / width - 1
+        theta[:, 1, 1] = h / height
+        theta[:, 1, 2] = (2 * top + h) / height - 1
+        grid = F.affine_grid(theta, [n, x.shape[1], self.size, self.size], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def color_jitter(self, x: torch.Tensor) -> torch.Tensor:
+        """ColorJitter with probability p_jitter: per-image factors, the four steps in a random order
+        (one order for the batch, as torchvision and kornia do); images it skips get neutral factors."""
+        n, dev = x.shape[0], x.device
+        b, c, s, hue = self.jitter
+        on = torch.rand(n, device=dev) < self.p_jitter
+
+        def factor(lo: float, hi: float, neutral: float) -> torch.Tensor:
+            return torch.where(on, torch.empty(n, device=dev).uniform_(lo, hi), neutral)
+
+        steps = [
+            lambda y: KE.adjust_brightness_accumulative(y, factor(max(0.0, 1 - b), 1 + b, 1.0)),
+            lambda y: KE.adjust_contrast_with_mean_subtraction(y, factor(max(0.0, 1 - c), 1 + c, 1.0)),
+            lambda y: KE.adjust_saturation_with_gray_subtraction(y, factor(max(0.0, 1 - s), 1 + s, 1.0)),
+            lambda y: KE.adjust_hue(y, factor(-hue, hue, 0.0) * 2 * math.pi),
+        ]
+        for i in torch.randperm(4).tolist():
+            x = steps[i](x)
+        return x.clamp_(0, 1)
+
+    def grayscale(self, x: torch.Tensor) -> torch.Tensor:
+        gray = KC.rgb_to_grayscale(x).expand_as(x)
+        chosen = (torch.rand(x.shape[0], device=x.device) < self.p_gray).view(-1, 1, 1, 1)
+        return torch.where(chosen, gray, x)
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        sigma = torch.empty(n, 1, device=x.device).uniform_(*self.blur_sigma).expand(n, 2)
+        blurred = KF.gaussian_blur2d(x, (self.blur_kernel, self.blur_kernel), sigma)
+        chosen = (torch.rand(n, device=x.device) < self.p_blur).view(-1, 1, 1, 1)
+        return torch.where(chosen, blurred, x)
 
 
 def denormalize(batch: torch.Tensor) -> torch.Tensor:

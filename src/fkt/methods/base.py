@@ -75,6 +75,7 @@ class Method(pl.LightningModule):
         self.world_size = 1
         self.train_seconds = 0.0  # wall time in fit, carried across a resume
         self._clock: float | None = None
+        self._unchecked: list[dict[str, torch.Tensor]] = []  # loss terms since the last optimizer step
 
     # --- what a method defines -------------------------------------------------------
     def losses(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -153,7 +154,7 @@ class Method(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
         terms = self.losses(images, targets)
-        check_finite(terms, self.global_step, self.all_ranks_min if self.world_size > 1 else None)
+        self._unchecked.append({k: v.detach() for k, v in terms.items()})  # checked before the step
         loss = weighted_total(terms, self.loss_weights)
         batch_size = images.shape[0]
         # Under DDP each rank's terms are those of its shard; their mean over the ranks (equal
@@ -161,9 +162,17 @@ class Method(pl.LightningModule):
         sync = self.world_size > 1
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size, sync_dist=sync)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size, sync_dist=sync)
-        self.log("compute/image_passes", float(self.image_passes),
+        # a CPU tensor (a Python number is copied to the GPU, a copy that waits for it); float64 keeps it exact
+        self.log("compute/image_passes", torch.tensor(self.image_passes, dtype=torch.float64),
                  on_step=True, on_epoch=False, batch_size=batch_size)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Here, after the backward is queued, and not in training_step: reading the flag waits
+        # for the GPU, and a wait between forward and backward would leave it idle meanwhile.
+        for terms in self._unchecked:
+            check_finite(terms, self.global_step, self.all_ranks_min if self.world_size > 1 else None)
+        self._unchecked.clear()
 
     def all_ranks_min(self, flags: torch.Tensor) -> torch.Tensor:
         """Every rank stops together, or a rank that did not see the NaN would wait forever."""
