@@ -10,6 +10,7 @@ the image (JPEG keeps a flat colour to within a few levels), so `label_of(image,
 label back from the loaded pixels and a test can check that labels match the files.
 
 Fixtures:
+  fkt_cli(*args, cwd=None) -> CompletedProcess   `fkt ARGS` through cli.main, in this process
   make_dataset(name, **kwargs) -> Generated   each call in a fresh temporary folder
   fashion_mnist_data, cifar10_data, intel_image_data, aptos_data,
   imagefolder_data (train/ + test/), imagefolder_no_test_data   small defaults
@@ -21,6 +22,7 @@ import csv
 import gzip
 import pickle
 import struct
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -403,3 +405,24 @@ def write_bad_image(path: Path, kind: str) -> Path:
     else:
         raise ValueError(f"unknown kind {kind!r}; choose from {sorted(BAD_REASONS)}")
     return path
+
+
+@pytest.fixture
+def fkt_cli(capsys, monkeypatch) -> Callable[..., subprocess.CompletedProcess]:
+    """`fkt ARGS` through `fkt.cli.main` in this process: the exit code, stdout and stderr a
+    user sees, without an interpreter's start-up (seconds) per case. A few tests still run
+    `python -m fkt` in a subprocess, for the entry point itself."""
+    from fkt import cli
+
+    def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        try:
+            code = cli.main(list(args))
+        except SystemExit as stop:  # argparse's own exits
+            code = stop.code
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(["fkt", *args], code, captured.out, captured.err)
+
+    return run

@@ -1,6 +1,6 @@
 """`fkt bench`: every method through fkt and the bare loop, the same computation, sane figures.
 
-The whole bench (eight spawned processes) and the GPU check script in CPU mode are `slow`."""
+The whole bench and the GPU check script in CPU mode are `slow`."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import pickle
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fkt import bench
 from fkt.bench import IMPLS, METHODS, extrapolate_seconds, format_table, run_bench
 from fkt.errors import UserError
 
@@ -33,9 +35,12 @@ def bench_args(out: Path | None, **overrides) -> argparse.Namespace:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
-    """One tiny bench of all four methods, both implementations, each in its own process."""
+    """One tiny bench of all four methods, both implementations. Measured in this process, to spare
+    eight interpreter start-ups; the spawned-process path runs in the GPU-check test below."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    assert run_bench(bench_args(out)) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bench, "measure_in_fresh_process", lambda method, impl, s: bench.measure(method, impl, asdict(s)))
+        assert run_bench(bench_args(out)) == 0
     return json.loads(out.read_text())
 
 

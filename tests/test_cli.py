@@ -42,21 +42,24 @@ def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
         (["frobnicate"], ["frobnicate"]),
     ],
 )
-def test_user_mistakes_get_one_clear_line(tmp_path, args, needles):
+def test_user_mistakes_get_one_clear_line(tmp_path, fkt_cli, args, needles):
     args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
-    result = fkt(*args, cwd=tmp_path)
-    one_line_error(result, *needles)
+    one_line_error(fkt_cli(*args, cwd=tmp_path), *needles)
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
-def test_foreign_checkpoint_is_refused(tmp_path):
+def test_the_entry_point_gives_one_line_too(tmp_path):
+    """The real `python -m fkt`, in a subprocess: a user mistake is one line and exit 2."""
     bad = tmp_path / "model.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
-    one_line_error(fkt("evaluate", "--checkpoint", str(bad)), str(bad), "checkpoint")
+    result = fkt("evaluate", "--checkpoint", str(bad))
+    assert result.returncode == 2
+    one_line_error(result, str(bad), "checkpoint")
+    one_line_error(fkt("frobnicate"), "frobnicate")
 
 
-def test_datasets_lists_every_layout():
-    result = fkt("datasets")
+def test_datasets_lists_every_layout(fkt_cli):
+    result = fkt_cli("datasets")
     assert result.returncode == 0
     for name in ("fashion-mnist", "cifar10", "intel-image", "aptos2019", "imagefolder"):
         assert name in result.stdout

@@ -29,7 +29,7 @@ WALL_CLOCK = {"train_seconds", "resumed"}
 
 def fkt_command(data_root: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "fkt", "train", "--method", "functional", "--dataset", "fashion-mnist",
-            "--data-root", str(data_root), "--image-size", "16", "--batch-size", "8", "--epochs", "5",
+            "--data-root", str(data_root), "--image-size", "16", "--batch-size", "8", "--epochs", "3",
             "--accelerator", "cpu", "--num-workers", "0", "--no-progress",
             "--set", "data.val_fraction=0.2", "--set", "model.proj_hidden_dim=64", "--out", str(out), *extra]
 
@@ -278,17 +278,6 @@ def one_line(result: subprocess.CompletedProcess, *needles: str) -> str:
     return lines[0]
 
 
-def fkt_in_process(command: list[str], capsys) -> subprocess.CompletedProcess:
-    """`fkt ...` through cli.main in this process (the same exit code and stderr, without
-    another interpreter's start-up per case)."""
-    from fkt import cli
-
-    capsys.readouterr()
-    code = cli.main(command[3:])
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(command, code, captured.out, captured.err)
-
-
 @pytest.mark.parametrize("flags, needles", [
     (["--set", "optim.supervised.lr=-0.1"], ["optim.supervised.lr", "greater than 0"]),
     (["--set", "optim.supervised.lr=0"], ["optim.supervised.lr", "greater than 0"]),
@@ -300,14 +289,14 @@ def fkt_in_process(command: list[str], capsys) -> subprocess.CompletedProcess:
     (["--resume"], ["--resume", "no checkpoint"]),
 ], ids=["negative lr", "zero lr", "negative epochs", "zero batch", "batch beyond data", "devices beyond",
         "unknown accelerator", "resume nothing"])
-def test_run_mistakes_are_one_line_and_write_nothing(fmnist, tmp_path, capsys, flags, needles):
+def test_run_mistakes_are_one_line_and_write_nothing(fmnist, tmp_path, fkt_cli, flags, needles):
     out = tmp_path / "run"
-    one_line(fkt_in_process(fkt_command(fmnist.root, out, *flags), capsys), *needles)
+    one_line(fkt_cli(*fkt_command(fmnist.root, out, *flags)[3:]), *needles)
     assert not out.exists()  # no half-made run directory to mistake for a run
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "another backbone", "other classes"])
-def test_a_bad_checkpoint_in_the_run_directory_is_refused(fmnist, finished_run, tmp_path, capsys, damage):
+def test_a_bad_checkpoint_in_the_run_directory_is_refused(fmnist, finished_run, tmp_path, fkt_cli, damage):
     import shutil
 
     out = tmp_path / "run"
@@ -327,15 +316,15 @@ def test_a_bad_checkpoint_in_the_run_directory_is_refused(fmnist, finished_run, 
         other = make_imagefolder(tmp_path / "three", num_classes=3, train_per_class=12, test_per_class=2)
         flags += ["--dataset", "imagefolder", "--data-root", str(other.root)]
         (out / "split.json").unlink()  # else the split of the old data is refused first
-    one_line(fkt_in_process(fkt_command(fmnist.root, out, "--epochs", "2", *flags), capsys), str(last))
+    one_line(fkt_cli(*fkt_command(fmnist.root, out, "--epochs", "2", *flags)[3:]), str(last))
     assert not (out / "metrics.json").exists()
 
 
 @pytest.mark.parametrize("damage", ["garbage", "foreign torch file"])
-def test_evaluate_refuses_a_foreign_checkpoint(tmp_path, capsys, damage):
+def test_evaluate_refuses_a_foreign_checkpoint(tmp_path, fkt_cli, damage):
     bad = tmp_path / "model.ckpt"
     if damage == "garbage":
         bad.write_bytes(b"PK\x03\x04 not really a zip")
     else:
         torch.save({"weights": torch.ones(2)}, bad)
-    one_line(fkt_in_process([sys.executable, "-m", "fkt", "evaluate", "--checkpoint", str(bad)], capsys), str(bad))
+    one_line(fkt_cli("evaluate", "--checkpoint", str(bad)), str(bad))
