@@ -130,14 +130,14 @@ class ResumeState(Checkpoint):
             # The epoch's own checkpoint follows validation; a stop waits for the epoch's end.
             self._stop_at_epoch_end = wish == STOP
         elif wish == SAVE:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, for resuming
             self._last_save = time.monotonic()
         elif wish == STOP:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, for resuming
             raise Interrupted(self.path)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, for resuming
         self._last_save = time.monotonic()
         if self._stop_at_epoch_end:
             raise Interrupted(self.path)
