@@ -18,10 +18,12 @@ $(FMNIST):
 	$(APT) update -q
 	$(APT) install -y -q dataset-fashion-mnist
 
+# pip byte-compiles the packages here, once: where PYTHONDONTWRITEBYTECODE is set (as in CI
+# images), every process would otherwise compile torch and Lightning from source at each start.
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { $(APT) update -q && $(APT) install -y -q python3-venv; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check --no-compile -r requirements-dev.txt
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
