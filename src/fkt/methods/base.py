@@ -154,13 +154,14 @@ class Method(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
         terms = self.losses(images, targets)
-        self._unchecked.append({k: v.detach() for k, v in terms.items()})  # checked before the step
+        detached = {k: v.detach() for k, v in terms.items()}
+        self._unchecked.append(detached)  # checked before the optimizer step
         loss = weighted_total(terms, self.loss_weights)
         batch_size = images.shape[0]
         # Under DDP each rank's terms are those of its shard; their mean over the ranks (equal
         # shards) is the loss of the global batch, the one the step optimises and the logs report.
         sync = self.world_size > 1
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size, sync_dist=sync)
+        self.log_dict({f"train/{k}": v for k, v in detached.items()}, batch_size=batch_size, sync_dist=sync)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size, sync_dist=sync)
         # a CPU tensor (a Python number is copied to the GPU, a copy that waits for it); float64 keeps it exact
         self.log("compute/image_passes", torch.tensor(self.image_passes, dtype=torch.float64),
