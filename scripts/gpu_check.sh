@@ -63,6 +63,15 @@ note() { echo "$*" | tee -a "$SUMMARY"; }
 FAILED=()   # a phase that fails is noted and the next one still runs: one GPU session, all the evidence
 START=$SECONDS
 
+# run_bench TIMEOUT NAME METHODS [FLAGS...]: the run's sizes, NAME.json and NAME.txt in OUTDIR
+run_bench() {
+  local limit="$1" name="$2" methods="$3"
+  shift 3
+  timeout "$limit" "$PY" -m fkt bench --device "$DEVICE" --precision "$PRECISION" --backbone "$BACKBONE" \
+    --stem "$STEM" --image-size "$SIZE" --batch-size "$BATCH" --steps "$STEPS" --warmup "$WARMUP" \
+    --repeats "$REPEATS" --methods "$methods" --out "$OUTDIR/$name.json" "$@" | tee "$OUTDIR/$name.txt"
+}
+
 # --- 0. where this ran
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  host: $(hostname)  commit: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none)"
@@ -76,9 +85,7 @@ START=$SECONDS
 
 # --- 1. throughput, fkt against bare PyTorch
 note "== fkt bench: $BACKBONE ($STEM stem) ${SIZE}px batch $BATCH $PRECISION on $DEVICE, methods $METHODS"
-if timeout "$BENCH_TIMEOUT" "$PY" -m fkt bench --device "$DEVICE" --precision "$PRECISION" --backbone "$BACKBONE" \
-    --stem "$STEM" --image-size "$SIZE" --batch-size "$BATCH" --steps "$STEPS" --warmup "$WARMUP" \
-    --repeats "$REPEATS" --methods "$METHODS" --out "$OUTDIR/bench.json" | tee "$OUTDIR/bench.txt"; then
+if run_bench "$BENCH_TIMEOUT" bench "$METHODS"; then
   cat "$OUTDIR/bench.txt" >> "$SUMMARY"
   note "bench done at $((SECONDS - START)) s"
   # --- 2. the long run, extrapolated
@@ -122,10 +129,7 @@ EOF
 # --- 4. torch.compile, optional
 if [[ -n "$COMPILE_METHODS" ]]; then
   note "== fkt bench --compile: methods $COMPILE_METHODS"
-  if timeout "$COMPILE_TIMEOUT" "$PY" -m fkt bench --compile --device "$DEVICE" --precision "$PRECISION" \
-      --backbone "$BACKBONE" --stem "$STEM" --image-size "$SIZE" --batch-size "$BATCH" --steps "$STEPS" \
-      --warmup "$WARMUP" --repeats "$REPEATS" --methods "$COMPILE_METHODS" --out "$OUTDIR/bench-compile.json" \
-      | tee "$OUTDIR/bench-compile.txt"; then
+  if run_bench "$COMPILE_TIMEOUT" bench-compile "$COMPILE_METHODS" --compile; then
     cat "$OUTDIR/bench-compile.txt" >> "$SUMMARY"
   else
     FAILED+=("bench --compile (exit or timeout after $COMPILE_TIMEOUT s)")

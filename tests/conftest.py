@@ -11,6 +11,8 @@ label back from the loaded pixels and a test can check that labels match the fil
 
 Fixtures:
   fkt_cli(*args, cwd=None) -> CompletedProcess   `fkt ARGS` through cli.main, in this process
+
+Helpers (import from conftest): one_error_line(result, *needles, code=None)
   make_dataset(name, **kwargs) -> Generated   each call in a fresh temporary folder
   fashion_mnist_data, cifar10_data, intel_image_data, aptos_data,
   imagefolder_data (train/ + test/), imagefolder_no_test_data   small defaults
@@ -426,3 +428,17 @@ def fkt_cli(capsys, monkeypatch) -> Callable[..., subprocess.CompletedProcess]:
         return subprocess.CompletedProcess(["fkt", *args], code, captured.out, captured.err)
 
     return run
+
+
+def one_error_line(result: subprocess.CompletedProcess, *needles: str, code: int | None = None) -> str:
+    """A user mistake's stderr: one line, no traceback, every needle in it; the exit code is `code`
+    (or any failure)."""
+    if code is None:
+        assert result.returncode != 0, result.stderr[-3000:]
+    else:
+        assert result.returncode == code, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

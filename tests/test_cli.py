@@ -7,21 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import one_error_line
 
 
 def fkt(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fkt", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=600)
-
-
-def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -44,7 +35,7 @@ def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
 )
 def test_user_mistakes_get_one_clear_line(tmp_path, fkt_cli, args, needles):
     args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
-    one_line_error(fkt_cli(*args, cwd=tmp_path), *needles)
+    one_error_line(fkt_cli(*args, cwd=tmp_path), *needles)
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
@@ -54,8 +45,8 @@ def test_the_entry_point_gives_one_line_too(tmp_path):
     bad.write_bytes(b"not a checkpoint at all")
     result = fkt("evaluate", "--checkpoint", str(bad))
     assert result.returncode == 2
-    one_line_error(result, str(bad), "checkpoint")
-    one_line_error(fkt("frobnicate"), "frobnicate")
+    one_error_line(result, str(bad), "checkpoint")
+    one_error_line(fkt("frobnicate"), "frobnicate")
 
 
 def test_datasets_lists_every_layout(fkt_cli):

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import one_error_line
+
 from fkt.checkpointing import AtomicCheckpointIO
 from fkt.errors import UserError
 from fkt.io import RunLock, atomic_write_json
@@ -269,15 +271,6 @@ def finished_run(fmnist, tmp_path_factory):
     return out
 
 
-def one_line(result: subprocess.CompletedProcess, *needles: str) -> str:
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.mark.parametrize("flags, needles", [
     (["--set", "optim.supervised.lr=-0.1"], ["optim.supervised.lr", "greater than 0"]),
     (["--set", "optim.supervised.lr=0"], ["optim.supervised.lr", "greater than 0"]),
@@ -291,7 +284,7 @@ def one_line(result: subprocess.CompletedProcess, *needles: str) -> str:
         "unknown accelerator", "resume nothing"])
 def test_run_mistakes_are_one_line_and_write_nothing(fmnist, tmp_path, fkt_cli, flags, needles):
     out = tmp_path / "run"
-    one_line(fkt_cli(*fkt_command(fmnist.root, out, *flags)[3:]), *needles)
+    one_error_line(fkt_cli(*fkt_command(fmnist.root, out, *flags)[3:]), *needles, code=2)
     assert not out.exists()  # no half-made run directory to mistake for a run
 
 
@@ -316,7 +309,7 @@ def test_a_bad_checkpoint_in_the_run_directory_is_refused(fmnist, finished_run, 
         other = make_imagefolder(tmp_path / "three", num_classes=3, train_per_class=12, test_per_class=2)
         flags += ["--dataset", "imagefolder", "--data-root", str(other.root)]
         (out / "split.json").unlink()  # else the split of the old data is refused first
-    one_line(fkt_cli(*fkt_command(fmnist.root, out, "--epochs", "2", *flags)[3:]), str(last))
+    one_error_line(fkt_cli(*fkt_command(fmnist.root, out, "--epochs", "2", *flags)[3:]), str(last), code=2)
     assert not (out / "metrics.json").exists()
 
 
@@ -327,4 +320,4 @@ def test_evaluate_refuses_a_foreign_checkpoint(tmp_path, fkt_cli, damage):
         bad.write_bytes(b"PK\x03\x04 not really a zip")
     else:
         torch.save({"weights": torch.ones(2)}, bad)
-    one_line(fkt_cli("evaluate", "--checkpoint", str(bad)), str(bad))
+    one_error_line(fkt_cli("evaluate", "--checkpoint", str(bad)), str(bad), code=2)

@@ -76,9 +76,9 @@ class SimCLRViews(nn.Module):
         n, _, height, width = x.shape
         dev = x.device
         area = height * width * torch.empty(n, tries, device=dev).uniform_(*self.scale)
-        log_ratio = torch.empty(n, tries, device=dev).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
-        w = torch.sqrt(area * torch.exp(log_ratio)).round()
-        h = torch.sqrt(area / torch.exp(log_ratio)).round()
+        ratio = torch.empty(n, tries, device=dev).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1])).exp_()
+        w = torch.sqrt(area * ratio).round()
+        h = torch.sqrt(area / ratio).round()
         fits = (w >= 1) & (w <= width) & (h >= 1) & (h <= height)
         first = fits.int().argmax(dim=1, keepdim=True)
         found = fits.any(dim=1)
