@@ -9,6 +9,7 @@ bit-identical after a resume and why.
 from __future__ import annotations
 
 import io
+import pickle
 import random
 import signal
 import time
@@ -21,7 +22,33 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Checkpoint
 
+from fkt.errors import UserError
 from fkt.io import atomic_write
+
+TRUST_FLAG = "--trust-checkpoint"
+
+
+def read_checkpoint(path: Path, trust: bool = False, what: str = "--checkpoint") -> dict[str, Any]:
+    """A checkpoint's contents as data: tensors and plain types only (`weights_only`), so a file
+    from elsewhere cannot run code while it loads. `trust` unpickles in full, for the user who
+    knowingly wants that."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise UserError(f"{what} {path}: not a readable checkpoint (UnpicklingError)") from None
+        found = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line),
+                     "objects other than tensors and plain types")
+        raise UserError(f"{what} {path}: refused: it holds Python objects that could run code when loaded "
+                        f"({found}); load it only if you trust where it came from, with {TRUST_FLAG}") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a foreign or damaged file
+        raise UserError(f"{what} {path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{what} {path}: not an fkt checkpoint")
+    return state
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

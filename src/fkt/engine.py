@@ -27,7 +27,7 @@ from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from fkt.checkpointing import AtomicCheckpointIO, ResumeState
+from fkt.checkpointing import AtomicCheckpointIO, ResumeState, read_checkpoint
 from fkt.config import Config, save_config
 from fkt.data import dataset_info
 from fkt.data.module import FKTDataModule
@@ -59,14 +59,13 @@ def checkpoint_dir(run_dir: Path, stage: Stage, final: bool) -> Path:
     return run_dir / "checkpoints" if final else run_dir / "checkpoints" / stage.name
 
 
-def resumable_epochs(checkpoint: Path, config: Config, num_classes: int) -> int:
+def resumable_epochs(checkpoint: Path, config: Config, num_classes: int, trust: bool = False) -> int:
     """Training epochs a run's own last checkpoint has fully processed; refuses another run's."""
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a foreign or damaged file
-        raise UserError(f"{checkpoint}: not a readable checkpoint ({type(err).__name__}); "
-                        "delete it to start this run over") from None
-    saved = state.get("hyper_parameters", {}) if isinstance(state, dict) else {}
+        state = read_checkpoint(checkpoint, trust, what="--out")
+    except UserError as err:
+        raise UserError(f"{err}; or delete it to start this run over") from None
+    saved = state.get("hyper_parameters", {})
     theirs = Config.model_validate(saved["config"]) if "config" in saved else None
     if theirs is None or (theirs.method.name, theirs.model.backbone, theirs.model.stem, saved.get("num_classes")) != (
             config.method.name, config.model.backbone, config.model.stem, num_classes):
@@ -185,11 +184,12 @@ def any_checkpoint(run_dir: Path) -> bool:
     return any((run_dir / "checkpoints").rglob("last.ckpt"))
 
 
-def train(config: Config, resume: bool = False) -> dict[str, Any]:
+def train(config: Config, resume: bool = False, trust: bool = False) -> dict[str, Any]:
     """Train every stage of the configured method, then evaluate the best checkpoint once on test.
 
     Rerunning on the same `--out` resumes from the last checkpoint (mid-epoch where one was saved)
-    and skips finished stages; `resume=True` insists that there is something to resume.
+    and skips finished stages; `resume=True` insists that there is something to resume. Checkpoints
+    are read as data unless `trust` (see `read_checkpoint`).
     """
     if config.out is None:
         raise UserError("--out is required: the run directory to write")
@@ -205,13 +205,13 @@ def train(config: Config, resume: bool = False) -> dict[str, Any]:
         if owner:
             save_config(config, run_dir / "config.yaml")
         pl.seed_everything(config.seed, workers=True, verbose=False)
-        compute = train_stages(config, run_dir, data)
+        compute = train_stages(config, run_dir, data, trust)
         if compute is None:
             return {}
         return evaluate_run(config, run_dir, data, compute)
 
 
-def train_stages(config: Config, run_dir: Path, data: FKTDataModule) -> dict[str, Any] | None:
+def train_stages(config: Config, run_dir: Path, data: FKTDataModule, trust: bool = False) -> dict[str, Any] | None:
     """Fit each stage (or reload it where a previous run finished it); None on ranks other than 0."""
     classes = data.classes
     compute: dict[str, Any] = {"epochs": 0, "image_passes": 0, "train_seconds": 0.0, "stages": {}}
@@ -222,8 +222,8 @@ def train_stages(config: Config, run_dir: Path, data: FKTDataModule) -> dict[str
         final = i == len(plan) - 1
         last = checkpoint_dir(run_dir, stage, final) / "last.ckpt"
         resume = last if last.exists() else None
-        if resume is not None and resumable_epochs(resume, config, len(classes)) >= stage.epochs:
-            module = load_checkpoint(resume)  # finished before an interruption: nothing to redo
+        if resume is not None and resumable_epochs(resume, config, len(classes), trust) >= stage.epochs:
+            module = load_checkpoint(resume, trust)  # finished before an interruption: nothing to redo
         else:
             module = stage.module(config=config.to_dict(), num_classes=len(classes), classes=classes,
                                   freeze_backbone=stage.freeze_backbone)
@@ -231,7 +231,7 @@ def train_stages(config: Config, run_dir: Path, data: FKTDataModule) -> dict[str
                 module.backbone.load_state_dict(previous.backbone.state_dict())
             trainer = build_trainer(config, run_dir, stage, final)
             try:
-                trainer.fit(module, datamodule=data, ckpt_path=resume)
+                trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=not trust)
             except NonFiniteLoss as err:
                 kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was saved yet"
                 raise NonFiniteLoss(f"{stage.name}: {err}; {kept}") from None
@@ -264,6 +264,8 @@ def evaluate_run(config: Config, run_dir: Path, data: FKTDataModule, compute: di
     for split in ("val", "test"):
         logits, targets = predict(best, data.loader(split), device)
         results[split] = classification_metrics(logits, targets, data.classes, ordinal=bundle.ordinal)
+    results.update(representation_metrics(best, data, device, config.evaluate.probes, config.evaluate.corruptions,
+                                          config.evaluate.corruption_seed))
     results["compute"] = compute
     results["classes"] = data.classes
     results["data_notes"] = bundle.notes
@@ -271,6 +273,22 @@ def evaluate_run(config: Config, run_dir: Path, data: FKTDataModule, compute: di
     results["skipped_images"] = {"count": len(skipped), "files": [f"{path}: {why}" for path, why in skipped]}
     results["checkpoint"] = "checkpoints/best.ckpt"
     atomic_write_json(run_dir / "metrics.json", results)
+    return results
+
+
+def representation_metrics(module: Method, data: FKTDataModule, device: torch.device, probes: list[str],
+                           corruptions: bool, seed: int = 0) -> dict[str, Any]:
+    """Beyond clean test metrics: probes of the frozen backbone (`probes`: k-NN, linear) and the
+    test accuracy under common corruptions (`corruptions`)."""
+    results: dict[str, Any] = {}
+    if probes:
+        from fkt.probes import probe_accuracies
+
+        results["probes"] = probe_accuracies(module, data, list(probes), device)
+    if corruptions:
+        from fkt.corruptions import corruption_accuracy
+
+        results["corruptions"] = corruption_accuracy(module, data.loader("test"), device, seed)
     return results
 
 
@@ -288,18 +306,29 @@ def checkpoint_data(module: Method, checkpoint: Path, data_root: Path | None = N
     return data
 
 
-def evaluate_checkpoint(checkpoint: Path, dataset: str | None, data_root: Path | None,
-                        out: Path | None) -> dict[str, Any]:
-    """Test metrics of a saved checkpoint, on the same split its run used where that is known."""
-    module = load_checkpoint(checkpoint)
+def evaluate_checkpoint(checkpoint: Path, dataset: str | None, data_root: Path | None, out: Path | None,
+                        probes: list[str] = (), corruptions: bool = False, trust: bool = False) -> dict[str, Any]:
+    """Test metrics of a saved checkpoint, on the same split its run used where that is known; with
+    `probes` and `corruptions`, the representation and robustness measures as well. A SimCLR stage
+    has no trained classifier: it gets the k-NN probe instead of test metrics."""
+    module = load_checkpoint(checkpoint, trust)
     if dataset is not None and dataset != module.cfg.data.dataset:
         raise UserError(f"--dataset {dataset}: the checkpoint was trained on {module.cfg.data.dataset}")
     data = checkpoint_data(module, checkpoint, data_root)
     if data.classes != module.hparams.classes and module.hparams.classes is not None:
         raise UserError(f"--checkpoint {checkpoint}: its classes differ from the dataset's")
-    logits, targets = predict(module, data.loader("test"), evaluation_device(module.cfg))
-    results = {"checkpoint": str(checkpoint), "dataset": module.cfg.data.dataset,
-               "test": classification_metrics(logits, targets, data.classes, ordinal=data.bundle.ordinal)}
+    device = evaluation_device(module.cfg)
+    results: dict[str, Any] = {"checkpoint": str(checkpoint), "dataset": module.cfg.data.dataset,
+                               "module": module.name}
+    if module.name == "simclr":
+        print(f"[fkt] {checkpoint}: a SimCLR pretraining stage, whose classifier was never trained: "
+              "no test metrics; its backbone is probed instead", flush=True)
+        probes = list(probes) or ["knn"]
+    else:
+        logits, targets = predict(module, data.loader("test"), device)
+        results["test"] = classification_metrics(logits, targets, data.classes, ordinal=data.bundle.ordinal)
+    results.update(representation_metrics(module, data, device, list(probes), corruptions and module.name != "simclr",
+                                          module.cfg.evaluate.corruption_seed))
     if out is not None:
         atomic_write_json(Path(out) / "eval.json", results)
     return results

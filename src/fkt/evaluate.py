@@ -25,7 +25,8 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device | s
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: list[str],
                            ordinal: bool = False) -> dict[str, Any]:
-    """Accuracy, macro precision/recall/F1, per-class report, confusion matrix; QWK where ordinal."""
+    """Accuracy, macro precision/recall/F1, calibration (ECE, NLL), per-class report, confusion
+    matrix; QWK where ordinal."""
     n = len(classes)
     preds = logits.argmax(dim=1)
     args = dict(num_classes=n, validate_args=False)
@@ -42,6 +43,10 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes:
         "f1_macro": C.multiclass_f1_score(preds, targets, average="macro", **args).item(),
         "n": int(len(targets)),
     }
+    # Calibration: expected calibration error over 15 confidence bins (Guo et al. 2017), and the NLL.
+    metrics["ece"] = C.multiclass_calibration_error(logits.softmax(dim=1), targets, n_bins=15, norm="l1",
+                                                    **args).item()
+    metrics["nll"] = torch.nn.functional.cross_entropy(logits, targets).item()
     if ordinal:
         metrics["qwk"] = C.multiclass_cohen_kappa(preds, targets, weights="quadratic", **args).item()
     metrics["per_class"] = {
@@ -52,18 +57,15 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes:
     return metrics
 
 
-def load_checkpoint(path: Path):
-    """Any fkt checkpoint -> its method module, on the CPU, in eval mode."""
+def load_checkpoint(path: Path, trust: bool = False):
+    """Any fkt checkpoint -> its method module, on the CPU, in eval mode (read as data unless `trust`)."""
+    from fkt.checkpointing import read_checkpoint
     from fkt.methods import MODULES
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--checkpoint {path}: no such file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
-        raise UserError(f"--checkpoint {path}: not a readable checkpoint ({type(err).__name__})") from None
-    name = checkpoint.get("fkt", {}).get("module") if isinstance(checkpoint, dict) else None
+    checkpoint = read_checkpoint(path, trust)
+    info = checkpoint.get("fkt")
+    name = info.get("module") if isinstance(info, dict) else None
     if name not in MODULES:
         raise UserError(f"--checkpoint {path}: not an fkt checkpoint")
     hparams = checkpoint["hyper_parameters"]

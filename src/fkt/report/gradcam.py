@@ -98,13 +98,13 @@ def column_name(module) -> str:
     return "SSL-pretrained" if module.name == "simclr" else (module.cfg.arm or module.cfg.method.name)
 
 
-def load_columns(checkpoints: list[Path], dataset: str | None, data_root: Path | None):
+def load_columns(checkpoints: list[Path], dataset: str | None, data_root: Path | None, trust: bool = False):
     """The checkpoints' modules and the test data they share (checked: same dataset and size)."""
     from fkt.engine import checkpoint_data
     from fkt.errors import UserError
     from fkt.evaluate import load_checkpoint
 
-    modules = [load_checkpoint(c) for c in checkpoints]
+    modules = [load_checkpoint(c, trust) for c in checkpoints]
     size = modules[0].cfg.data.image_size
     for checkpoint, module in zip(checkpoints, modules):
         if dataset is not None and module.cfg.data.dataset != dataset:
@@ -116,13 +116,13 @@ def load_columns(checkpoints: list[Path], dataset: str | None, data_root: Path |
 
 
 def cam_from_checkpoints(checkpoints: list[Path], dataset: str | None, data_root: Path | None,
-                         count: int, path: Path, loaded=None) -> Path:
+                         count: int, path: Path, loaded=None, trust: bool = False) -> Path:
     """`fkt cam`: a grid of the same `count` test images through every checkpoint."""
     from fkt.errors import UserError
 
     if count < 1:
         raise UserError(f"--images {count}: must be at least 1")
-    modules, data = loaded or load_columns(checkpoints, dataset, data_root)
+    modules, data = loaded or load_columns(checkpoints, dataset, data_root, trust)
     images, targets = pick_images(data.sets["test"], count)
     cam_grid(modules, [column_name(m) for m in modules], modules[0].normalize(images), targets, data.classes,
              Path(path))
