@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.out is not None:
         config.out = args.out
-    results = train(config, resume=args.resume)
+    results = train(config, resume=args.resume, trust=args.trust_checkpoint)
     if results:
         print(summary_line(results))
         print(f"wrote {Path(config.out) / 'metrics.json'}")
@@ -113,9 +113,26 @@ def summary_line(results: dict) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fkt.engine import evaluate_checkpoint
 
-    results = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_root, args.out)
-    test = {k: v for k, v in results["test"].items() if k not in ("per_class", "confusion_matrix")}
-    print(json.dumps({"checkpoint": results["checkpoint"], "test": test}, indent=2))
+    results = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_root, args.out,
+                                  probes=args.probe, corruptions=args.corruptions, trust=args.trust_checkpoint)
+    shown = {k: v for k, v in results.items() if k not in ("per_class", "confusion_matrix")}
+    if "test" in results:
+        shown["test"] = {k: v for k, v in results["test"].items() if k not in ("per_class", "confusion_matrix")}
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fkt.predict import predict_command
+
+    return predict_command(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fkt.export import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.format, args.out, args.data_root, trust=args.trust_checkpoint)
+    print(f"wrote {path} and {path.parent / 'model.json'}")
     return 0
 
 
@@ -148,7 +165,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_cam(args: argparse.Namespace) -> int:
     from fkt.report.gradcam import cam_from_checkpoints
 
-    path = cam_from_checkpoints(args.checkpoint, args.dataset, args.data_root, args.images, args.out)
+    path = cam_from_checkpoints(args.checkpoint, args.dataset, args.data_root, args.images, args.out,
+                                trust=args.trust_checkpoint)
     print(f"wrote {path}")
     return 0
 
@@ -159,8 +177,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def add_trust_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle checkpoints in full (runs any code they hold): only for files you trust")
+
+
 def build_parser() -> Parser:
+    from fkt import __version__
+
     parser = Parser(prog="fkt", description="Functional knowledge transfer: train, compare, evaluate.")
+    parser.add_argument("--version", action="version", version=f"fkt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     train = sub.add_parser("train", help="train one method on one dataset")
@@ -169,14 +195,40 @@ def build_parser() -> Parser:
                        help="run directory; rerunning on the same one resumes from its last checkpoint")
     train.add_argument("--resume", action="store_true",
                        help="insist on resuming: an error if --out holds no checkpoint")
+    add_trust_flag(train)
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("evaluate", help="test metrics of a checkpoint")
+    evaluate = sub.add_parser("evaluate", help="test metrics of a checkpoint; probes of its backbone; corruptions")
     evaluate.add_argument("--checkpoint", type=Path, required=True)
     evaluate.add_argument("--dataset")
     evaluate.add_argument("--data-root", type=Path)
-    evaluate.add_argument("--out", type=Path)
+    evaluate.add_argument("--out", type=Path, help="folder for eval.json")
+    evaluate.add_argument("--probe", action="append", choices=["knn", "linear"], default=[],
+                          help="also probe the frozen backbone: k-NN (k=20, cosine) or a linear probe; repeatable")
+    evaluate.add_argument("--corruptions", action="store_true",
+                          help="also test accuracy under common corruptions (7 kinds x 5 severities)")
+    add_trust_flag(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="classify image files, folders or globs with a checkpoint")
+    predict.add_argument("--checkpoint", type=Path, required=True)
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    predict.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    predict.add_argument("--format", choices=["csv", "json"], default="csv")
+    predict.add_argument("--top-k", type=int, default=3, help="classes listed per image, best first")
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    predict.add_argument("--no-progress", dest="progress", action="store_false")
+    add_trust_flag(predict)
+    predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="the classifier as TorchScript or ONNX, checked against the checkpoint")
+    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--format", choices=["torchscript", "onnx"], required=True)
+    export.add_argument("--out", type=Path, required=True, help="folder for the model file and model.json")
+    export.add_argument("--data-root", type=Path, help="where the checkpoint's data is, for the check on test images")
+    add_trust_flag(export)
+    export.set_defaults(func=cmd_export)
 
     datasets = sub.add_parser("datasets", help="which datasets are available here, and where from")
     datasets.set_defaults(func=cmd_datasets)
@@ -188,6 +240,7 @@ def build_parser() -> Parser:
     cam.add_argument("--data-root", type=Path)
     cam.add_argument("--images", type=int, default=8)
     cam.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    add_trust_flag(cam)
     cam.set_defaults(func=cmd_cam)
 
     reproduce = sub.add_parser("reproduce", help="run a preset's grid of methods x seeds and tabulate")

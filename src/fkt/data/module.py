@@ -36,6 +36,13 @@ def resize_pixels(pixels: np.ndarray, size: int, chunk: int = 4096) -> torch.Ten
     return torch.cat(out)
 
 
+def image_tensor(img: Image.Image, size: int) -> torch.Tensor:
+    """An RGB image as the uint8 (3, size, size) tensor a model is fed: the one resize that training,
+    evaluation and `fkt predict` share for image files, so they cannot drift apart."""
+    img = img.resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
 class ResizedImages(Dataset):
     """(uint8 RGB image of size x size, label). In-memory sets are resized once, files on access."""
 
@@ -51,8 +58,7 @@ class ResizedImages(Dataset):
         if self.cache is not None:
             x = self.cache[index]
         else:
-            img = self.images.image(index, self.size).resize((self.size, self.size), Image.BILINEAR)
-            x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+            x = image_tensor(self.images.image(index, self.size), self.size)
         if x.shape[0] == 1:
             x = x.expand(3, -1, -1)
         return x, int(self.images.targets[index])
@@ -103,6 +109,11 @@ class FKTDataModule(pl.LightningDataModule):
         test = bundle.test if bundle.test is not None else bundle.train.subset(np.array(splits["test"]))
         parts = {"train": bundle.train.subset(np.array(splits["train"])),
                  "val": bundle.train.subset(np.array(splits["val"])), "test": test}
+        if cfg.limit_train is not None and cfg.limit_train > len(parts["train"]):
+            note = (f"--limit-train {cfg.limit_train}: the training split has only {len(parts['train'])} images; "
+                    "training on all of them")
+            print(f"[fkt] {note}", flush=True)
+            bundle.notes.append(note)
         if cfg.batch_size > len(parts["train"]):
             raise UserError(f"data.batch_size={cfg.batch_size} is larger than the training split "
                             f"({len(parts['train'])} images)")
