@@ -55,6 +55,29 @@ def test_tables_from_hand_made_runs(tmp_path):
     assert len(lines) == 7 and lines[0].startswith("dataset,arm,method,seed")
 
 
+def test_representation_robustness_and_calibration_columns_with_paired_tests(tmp_path):
+    runs = []
+    for s, (knn_f, knn_r) in enumerate([(0.80, 0.70), (0.82, 0.71), (0.81, 0.73)]):
+        for arm, knn in (("functional", knn_f), ("representational", knn_r)):
+            r = run("fmnist", arm, s, 0.9)
+            r["test"]["ece"] = 0.05 if arm == "functional" else 0.10 + 0.01 * s
+            r["probes"] = {"knn": knn}
+            per = {"gaussian_noise": knn - 0.1, "jpeg": knn}
+            r["corruptions"] = {"mean_accuracy": sum(per.values()) / 2, "per_corruption": per}
+            runs.append(r)
+    table = results_table(runs)
+    assert "| k-NN % | corrupted % | ECE % |" in table
+    assert "| fmnist | functional | 3 | 90.00 ± 0.00 | 90.00 ± 0.00 | 90.00 ± 0.00 | 90.00 ± 0.00 | 81.00 ± 1.00 |" in table
+    assert "functional - representational | 3 | +9.67 |" in significance_table(runs, "knn_accuracy")
+    assert "functional - representational | 3 | -6.00 |" in significance_table(runs, "ece")
+    assert "representational worse (p < 0.05)" in significance_table(runs, "ece")
+    markdown = write_results(tmp_path, runs)
+    assert "## Paired differences in k-NN accuracy of the frozen backbone" in markdown
+    assert "## Accuracy under common corruptions" in markdown
+    assert "| fmnist | functional | 3 | 90.00 ± 0.00 | 76.00 ± 1.00 | 71.00 ± 1.00 | 81.00 ± 1.00 |" in markdown
+    assert "knn_accuracy" in (tmp_path / "results.csv").read_text().splitlines()[0]
+
+
 def test_paper_figures_stand_beside_a_paper_preset():
     runs = [dict(run("cifar10", "functional", s, 0.9), backbone="resnet50") for s in range(2)]
     assert "93.60 ± 0.10" in results_table(runs)

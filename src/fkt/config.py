@@ -98,6 +98,15 @@ class TrainerConfig(_Strict):
     progress_bar: bool = True
 
 
+class EvaluateConfig(_Strict):
+    """What a run measures after training, beside its test metrics."""
+
+    probes: list[Literal["knn", "linear"]] = Field(
+        ["knn"], description="probes of the frozen backbone (train features -> test accuracy)")
+    corruptions: bool = Field(False, description="test accuracy under 7 common corruptions x 5 severities")
+    corruption_seed: int = Field(0, description="the corruptions' noise; fixed across training seeds so seeds pair up")
+
+
 class GridConfig(_Strict):
     """The cells `fkt reproduce` runs; `fkt train` ignores this section."""
 
@@ -116,6 +125,7 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     grid: GridConfig = GridConfig()
     seed: int = 0
     arm: str | None = Field(None, description="the grid arm a run belongs to (default: the method)")
@@ -172,7 +182,13 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise UserError(f"--set {item}: expected key=value, e.g. --set optim.supervised.lr=0.1")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw != "" else None
+    if not key.strip():
+        raise UserError(f"--set {item}: no key before '='")
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"--set {item}: the value is not valid YAML ({problem}); quote it to pass a string") from None
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

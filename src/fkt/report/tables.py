@@ -13,6 +13,10 @@ from fkt.report.paper import paper_figures
 from fkt.report.stats import paired_difference
 
 METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+# Measures beyond the test metrics, where the runs have them: (row key, column, paired-test heading).
+EXTRA = (("knn_accuracy", "k-NN %", "k-NN accuracy of the frozen backbone"),
+         ("corruption_accuracy", "corrupted %", "accuracy under common corruptions (mean of 35)"),
+         ("ece", "ECE %", "expected calibration error (lower is better)"))
 # Which arm is compared with which, in this order, where both are in the results.
 COMPARISONS = (("functional", "representational"), ("functional", "supervised"),
                ("functional", "supervised-matched"), ("representational", "supervised-matched"))
@@ -25,7 +29,11 @@ def arm_of(run: dict) -> str:
 def flat_row(run: dict) -> dict:
     row = {"dataset": run["dataset"], "arm": arm_of(run), "method": run["method"], "seed": run["seed"],
            "backbone": run.get("backbone", ""), "val_accuracy": run["val"]["accuracy"]}
-    row.update({m: run["test"][m] for m in METRICS + ("qwk",) if m in run["test"]})
+    row.update({m: run["test"][m] for m in METRICS + ("qwk", "ece", "nll") if m in run["test"]})
+    row.update({f"{k}_accuracy" if k == "knn" else f"{k}_probe_accuracy": v for k, v in run.get("probes", {}).items()})
+    if "corruptions" in run:
+        row["corruption_accuracy"] = run["corruptions"]["mean_accuracy"]
+        row.update({f"corrupted_{name}": v for name, v in run["corruptions"]["per_corruption"].items()})
     row.update({k: run["compute"][k] for k in ("epochs", "image_passes", "train_seconds")})
     return row
 
@@ -51,6 +59,8 @@ def results_table(runs: list[dict]) -> str:
     paper = {key: paper_figures(key[0], key[1], rows[0]["backbone"]) for key, rows in groups.items()}
     head = ["dataset", "arm", "n", "accuracy %", "precision %", "recall %", "F1 %"]
     head += ["QWK %"] if ordinal else []
+    extra = [(key, column) for key, column, _ in EXTRA if any(key in r for rows in groups.values() for r in rows)]
+    head += [column for _, column in extra]
     head += ["epochs", "image passes", "train s"]
     head += ["paper accuracy %"] if any(paper.values()) else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -58,6 +68,7 @@ def results_table(runs: list[dict]) -> str:
         cells = [dataset, arm, str(len(rows))] + [mean_std([r[m] for r in rows]) for m in METRICS]
         if ordinal:
             cells.append(mean_std([r["qwk"] for r in rows]) if "qwk" in rows[0] else "")
+        cells += [mean_std([r[key] for r in rows]) if all(key in r for r in rows) else "" for key, _ in extra]
         cells += [str(rows[0]["epochs"]), f"{rows[0]['image_passes']:,}",
                   f"{statistics.fmean(r['train_seconds'] for r in rows):.0f}"]
         if any(paper.values()):
@@ -67,23 +78,41 @@ def results_table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def significance_table(runs: list[dict]) -> str:
-    """Paired test-accuracy differences per dataset (seed s against seed s), in points."""
-    groups = grouped(runs)
+def corruption_table(runs: list[dict]) -> str:
+    """Accuracy under each corruption (mean over its 5 severities) beside the clean accuracy."""
+    groups = {key: rows for key, rows in grouped(runs).items() if all("corruption_accuracy" in r for r in rows)}
+    if not groups:
+        return ""
+    names = [k[len("corrupted_"):] for k in next(iter(groups.values()))[0] if k.startswith("corrupted_")]
+    head = ["dataset", "arm", "n", "clean %", "mean corrupted %"] + [f"{name} %" for name in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (dataset, arm), rows in groups.items():
+        cells = [dataset, arm, str(len(rows)), mean_std([r["accuracy"] for r in rows]),
+                 mean_std([r["corruption_accuracy"] for r in rows])]
+        cells += [mean_std([r[f"corrupted_{name}"] for r in rows]) for name in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def significance_table(runs: list[dict], metric: str = "accuracy") -> str:
+    """Paired differences of `metric` per dataset (seed s against seed s), in points."""
+    groups = {key: [r for r in rows if metric in r] for key, rows in grouped(runs).items()}
+    groups = {key: rows for key, rows in groups.items() if rows}
     lines = ["| dataset | comparison | pairs | mean difference (points) | 95% CI | p (paired t) | verdict |",
              "|---|---|---|---|---|---|---|"]
     for dataset in dict.fromkeys(d for d, _ in groups):
         for a, b in COMPARISONS:
             if (dataset, a) not in groups or (dataset, b) not in groups:
                 continue
-            test = paired_difference({r["seed"]: r["accuracy"] for r in groups[(dataset, a)]},
-                                     {r["seed"]: r["accuracy"] for r in groups[(dataset, b)]})
+            test = paired_difference({r["seed"]: r[metric] for r in groups[(dataset, a)]},
+                                     {r["seed"]: r[metric] for r in groups[(dataset, b)]})
             if test["p_value"] is None:
                 ci, p, verdict = "", "", "too few seeds to test"
             else:
                 ci = f"[{100 * test['ci_low']:+.2f}, {100 * test['ci_high']:+.2f}]"
                 p = f"{test['p_value']:.3g}"
-                verdict = (f"{a if test['mean_diff'] > 0 else b} better (p < 0.05)" if test["significant"]
+                higher = a if test["mean_diff"] > 0 else b
+                verdict = (f"{higher} {'worse' if metric == 'ece' else 'better'} (p < 0.05)" if test["significant"]
                            else "not significant: no difference shown")
             lines.append(f"| {dataset} | {a} - {b} | {test['n']} | {100 * test['mean_diff']:+.2f} | {ci} | {p} "
                          f"| {verdict} |")
@@ -100,8 +129,12 @@ def write_results(out: Path, runs: list[dict]) -> str:
     writer.writerows(rows)
     atomic_write_text(Path(out) / "results.csv", buffer.getvalue())
     markdown = "## Test metrics (mean ± std over seeds)\n\n" + results_table(runs)
-    significance = significance_table(runs)
-    if significance:
-        markdown += "\n## Paired differences in test accuracy\n\n" + significance
+    corrupted = corruption_table(runs)
+    if corrupted:
+        markdown += "\n## Accuracy under common corruptions (mean over 5 severities)\n\n" + corrupted
+    for metric, heading in (("accuracy", "test accuracy"), *((key, title) for key, _, title in EXTRA)):
+        significance = significance_table(runs, metric)
+        if significance:
+            markdown += f"\n## Paired differences in {heading}\n\n" + significance
     atomic_write_text(Path(out) / "results.md", markdown)
     return markdown
