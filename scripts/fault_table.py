@@ -109,6 +109,27 @@ ROWS: list[tuple[str, str, str, list[str]]] = [
       "test_faults.py::test_a_bad_checkpoint_in_the_run_directory_is_refused[truncated]"]),
     ("Checkpoints", "`fkt evaluate` on a missing, garbage or foreign file", "one line naming the file",
      ["test_faults.py::test_evaluate_refuses_a_foreign_checkpoint", "test_cli.py::test_foreign_checkpoint_is_refused"]),
+    ("Checkpoints", "A crafted checkpoint whose pickle runs a shell command, given to `evaluate`, `predict`, "
+     "`export`, `cam` or left in `--out` for a resume",
+     "read as data (weights only): refused in one line naming the file and `--trust-checkpoint`; nothing runs "
+     "(the control, with the flag, does run it)",
+     ["test_safety.py::test_a_crafted_checkpoint_is_refused_and_runs_nothing",
+      "test_safety.py::test_the_crafted_checkpoint_does_run_code_when_trusted"]),
+    ("Checkpoints", "Every checkpoint fkt writes (each method, the SimCLR stage, a mid-epoch `last.ckpt`)",
+     "loads as data", ["test_safety.py::test_every_checkpoint_fkt_writes_loads_as_data"]),
+    ("Prediction", "Unreadable, missing or non-image files among `fkt predict`'s inputs",
+     "each listed with its reason and skipped; exit 1; none readable: one line, exit 2, nothing written",
+     ["test_predict.py::test_unreadable_files_are_listed_and_skipped",
+      "test_predict.py::test_nothing_readable_is_one_line_and_writes_nothing"]),
+    ("Config and CLI", "Malformed YAML in `--set`, and 60 random `--set` values over every config key "
+     "(wrong types, out of range, unicode, YAML tags)", "one line naming the item, exit 2, never a traceback",
+     ["test_safety.py::test_malformed_set_values_name_the_item",
+      "test_safety.py::test_random_set_values_are_each_one_clear_line"]),
+    ("Config and CLI", "`--limit-train` larger than the training split", "one note line; trains on the whole split",
+     ["test_safety.py::test_limit_train_beyond_the_split_says_so"]),
+    ("Files", "Results shared on a cluster", "every file fkt writes gets the mode the umask gives (0644 under 022)",
+     ["test_safety.py::test_written_files_follow_the_umask",
+      "test_safety.py::test_a_run_directory_is_readable_by_colleagues"]),
 ]
 
 

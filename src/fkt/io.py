@@ -9,12 +9,25 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def new_file_mode() -> int:
+    """The mode open() gives a new file under this process's umask. mkstemp makes 0600 files, which
+    colleagues sharing a results folder could not read."""
+    try:  # Linux says it outright; os.umask can only be read by setting it, which races with threads
+        with open("/proc/self/status") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o22)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
     """Write through a temp file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
