@@ -10,7 +10,9 @@ import yaml
 from fkt.config import Config, build_config, resolve, save_config
 from fkt.errors import UserError
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+from fkt.presets import find_preset, preset_names
+
+CONFIGS = [find_preset(name) for name in preset_names()]
 
 
 def test_there_are_presets_for_the_paper_and_the_demo():

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from fkt.errors import UserError
+from fkt.presets import find_preset, preset_names
 
 EXIT_USER = 2
 EXIT_NONFINITE = 3
@@ -23,29 +24,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def repo_configs() -> list[Path]:
-    here = Path(__file__).resolve()
-    return [Path.cwd() / "configs", here.parents[2] / "configs"]
-
-
-def find_preset(name: str) -> Path:
-    """A preset by name (`quick`) or path (`configs/quick.yaml`)."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise UserError(f"--config {name}: no such file")
-        return path
-    for folder in repo_configs():
-        for candidate in (folder / f"{name}.yaml", folder / "paper" / f"{name}.yaml"):
-            if candidate.is_file():
-                return candidate
-    known = sorted({p.stem for f in repo_configs() if f.is_dir() for p in f.rglob("*.yaml")})
-    raise UserError(f"--preset {name}: unknown preset; known: {', '.join(known) or 'none'}")
-
-
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags that map onto config fields (None = keep the file's or the default value)."""
-    p.add_argument("--config", "--preset", dest="config", help="YAML preset (name or path)")
+    p.add_argument("--config", "--preset", dest="config",
+                   help=f"a preset by name ({', '.join(preset_names())}) or a YAML file of your own")
     p.add_argument("--method", dest="method.name", choices=["supervised", "representational", "functional"])
     p.add_argument("--dataset", dest="data.dataset")
     p.add_argument("--data-root", dest="data.root", type=Path)
@@ -243,7 +225,8 @@ def build_parser() -> Parser:
     add_trust_flag(cam)
     cam.set_defaults(func=cmd_cam)
 
-    reproduce = sub.add_parser("reproduce", help="run a preset's grid of methods x seeds and tabulate")
+    reproduce = sub.add_parser("reproduce", help="run a preset's grid of methods x seeds and tabulate",
+                               description=f"Presets: {', '.join(preset_names())}.")
     add_run_flags(reproduce)
     reproduce.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the preset's)")
     reproduce.add_argument("--methods", help="comma-separated subset of the preset's methods")
