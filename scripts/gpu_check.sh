@@ -17,7 +17,7 @@
 #   TRAIN_PER_CLASS=4 TEST_PER_CLASS=2 TRAIN_BATCH=8 scripts/gpu_check.sh /tmp/check
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh"  # REPO, PY, PYTHONPATH, carried wheels
 OUTDIR="${1:-${OUT:-./gpu-check}}"
 mkdir -p "$OUTDIR"
 OUTDIR="$(cd "$OUTDIR" && pwd)"
@@ -43,18 +43,6 @@ COMPILE_TIMEOUT="${COMPILE_TIMEOUT:-150}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-300}"  # seconds; with the training's, well under 8 minutes
 TRAIN_TIMEOUT="${TRAIN_TIMEOUT:-150}"
 
-if [[ -n "${PYTHON:-}" ]]; then PY="$PYTHON"
-elif [[ -x "$REPO/.venv/bin/python" ]]; then PY="$REPO/.venv/bin/python"
-else PY="$(command -v python3 || command -v python)"; fi
-export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"  # fkt from this checkout, installed or not
-# A machine with its own PyTorch but not fkt's other packages (lightly, Lightning, kornia, ...):
-# carry them as wheels in $REPO/.whl (pip download --no-deps ...) and they are installed aside.
-if [[ -d "$REPO/.whl" ]] && ! "$PY" -c 'import lightly, pytorch_lightning, kornia' 2>/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/fkt-site \
-    "$REPO"/.whl/*.whl
-  export PYTHONPATH="$PYTHONPATH:/tmp/fkt-site"
-fi
-export PYTHONUNBUFFERED=1
 case "$DEVICE" in cpu) ACCEL=cpu ;; *) ACCEL=gpu ;; esac
 
 SUMMARY="$OUTDIR/summary.txt"
