@@ -105,6 +105,8 @@ class EvaluateConfig(_Strict):
         ["knn"], description="probes of the frozen backbone (train features -> test accuracy)")
     corruptions: bool = Field(False, description="test accuracy under 7 common corruptions x 5 severities")
     corruption_seed: int = Field(0, description="the corruptions' noise; fixed across training seeds so seeds pair up")
+    corruption_images: PositiveInt | None = Field(
+        None, description="corrupt a stratified subset of the test split this large (35 passes over it); None: all")
 
 
 class GridConfig(_Strict):

@@ -264,8 +264,7 @@ def evaluate_run(config: Config, run_dir: Path, data: FKTDataModule, compute: di
     for split in ("val", "test"):
         logits, targets = predict(best, data.loader(split), device)
         results[split] = classification_metrics(logits, targets, data.classes, ordinal=bundle.ordinal)
-    results.update(representation_metrics(best, data, device, config.evaluate.probes, config.evaluate.corruptions,
-                                          config.evaluate.corruption_seed))
+    results.update(representation_metrics(best, data, device, config))
     results["compute"] = compute
     results["classes"] = data.classes
     results["data_notes"] = bundle.notes
@@ -276,19 +275,23 @@ def evaluate_run(config: Config, run_dir: Path, data: FKTDataModule, compute: di
     return results
 
 
-def representation_metrics(module: Method, data: FKTDataModule, device: torch.device, probes: list[str],
-                           corruptions: bool, seed: int = 0) -> dict[str, Any]:
-    """Beyond clean test metrics: probes of the frozen backbone (`probes`: k-NN, linear) and the
-    test accuracy under common corruptions (`corruptions`)."""
+def representation_metrics(module: Method, data: FKTDataModule, device: torch.device, config: Config,
+                           probes: list[str] | None = None, corruptions: bool | None = None) -> dict[str, Any]:
+    """Beyond clean test metrics: probes of the frozen backbone (k-NN, linear) and the test accuracy
+    under common corruptions, as `config.evaluate` says unless `probes` or `corruptions` say otherwise."""
+    settings = config.evaluate
+    probes = settings.probes if probes is None else probes
     results: dict[str, Any] = {}
     if probes:
         from fkt.probes import probe_accuracies
 
         results["probes"] = probe_accuracies(module, data, list(probes), device)
-    if corruptions:
+    if settings.corruptions if corruptions is None else corruptions:
         from fkt.corruptions import corruption_accuracy
 
-        results["corruptions"] = corruption_accuracy(module, data.loader("test"), device, seed)
+        loader = data.loader("test", limit=settings.corruption_images)
+        results["corruptions"] = corruption_accuracy(module, loader, device, settings.corruption_seed)
+        results["corruptions"]["images"] = len(loader.dataset)
     return results
 
 
@@ -327,8 +330,8 @@ def evaluate_checkpoint(checkpoint: Path, dataset: str | None, data_root: Path |
     else:
         logits, targets = predict(module, data.loader("test"), device)
         results["test"] = classification_metrics(logits, targets, data.classes, ordinal=data.bundle.ordinal)
-    results.update(representation_metrics(module, data, device, list(probes), corruptions and module.name != "simclr",
-                                          module.cfg.evaluate.corruption_seed))
+    results.update(representation_metrics(module, data, device, module.cfg, list(probes),
+                                          corruptions and module.name != "simclr"))
     if out is not None:
         atomic_write_json(Path(out) / "eval.json", results)
     return results

@@ -10,14 +10,14 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from fkt.config import Config
 from fkt.data import dataset_info, load_dataset
 from fkt.data.base import DataBundle, ImageSet
 from fkt.data.sampler import EpochSampler, ResumableLoader
 from fkt.data.scan import screen_bundle
-from fkt.data.splits import load_splits, make_splits, save_splits
+from fkt.data.splits import load_splits, make_splits, save_splits, stratified_subset
 from fkt.errors import UserError
 from fkt.io import is_rank_zero
 
@@ -122,12 +122,16 @@ class FKTDataModule(pl.LightningDataModule):
         self.sets = {name: ResizedImages(images, self.image_size) for name, images in parts.items()}
         self.bundle = bundle
 
-    def loader(self, split: str, train: bool = False) -> DataLoader:
-        """Evaluation loaders see every image in order; see `train_dataloader` for training."""
+    def loader(self, split: str, train: bool = False, limit: int | None = None) -> DataLoader:
+        """Evaluation loaders see every image in order (with `limit`, a stratified subset fixed by the
+        split seed, the same for every arm and seed); see `train_dataloader` for training."""
         self.setup()
         cfg = self.config.data
         dataset = self.sets[split]
-        workers = cfg.num_workers if cfg.num_workers is not None else default_workers(dataset.cache is not None)
+        in_memory = dataset.cache is not None
+        if limit is not None and limit < len(dataset):
+            dataset = Subset(dataset, stratified_subset(dataset.images.targets, limit, cfg.split_seed).tolist())
+        workers = cfg.num_workers if cfg.num_workers is not None else default_workers(in_memory)
         options = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
         if not train:
             return DataLoader(dataset, batch_size=cfg.eval_batch_size, **options)
