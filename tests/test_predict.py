@@ -134,3 +134,39 @@ def test_the_pretraining_stage_predicts_with_a_note(tmp_path, fkt_cli):
     assert "never trained" in result.stderr
     assert len(read_csv(result.stdout)) == 6
     assert np.isfinite([float(r["probability"]) for r in read_csv(result.stdout)]).all()
+
+
+LAYOUTS = [
+    ("fashion-mnist", {"num_classes": 3, "train_per_class": 8, "test_per_class": 2}),
+    ("cifar10", {"num_classes": 3, "train_per_class": 8, "test_per_class": 2}),
+    ("intel-image", {"train_per_class": 4, "test_per_class": 1, "image_size": 40}),
+    ("aptos2019", {"images_per_class": 8}),
+    ("imagefolder", {"num_classes": 3, "train_per_class": 8, "test_per_class": None}),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout, kwargs", LAYOUTS, ids=[layout for layout, _ in LAYOUTS])
+def test_predict_export_and_probes_on_every_layout(make_dataset, tmp_path, fkt_cli, layout, kwargs):
+    data = make_dataset(layout, **kwargs)
+    checkpoint = train(data.root, layout, "functional", tmp_path / "run", "--image-size", "32",
+                       "--set", "data.val_fraction=0.25")
+    classes, _, files = evaluated_classes(checkpoint)
+    if files is None:  # an in-memory layout: its test images written out as files
+        module = load_checkpoint(checkpoint)
+        files = []
+        for i, (image, _) in enumerate(checkpoint_data(module, checkpoint).sets["test"]):
+            files.append(tmp_path / "images" / f"{i:03d}.png")
+            files[-1].parent.mkdir(exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(files[-1])
+    predicted = fkt_cli("predict", "--checkpoint", str(checkpoint), *map(str, files), "--no-progress")
+    assert predicted.returncode == 0, predicted.stderr
+    assert [r["class"] for r in read_csv(predicted.stdout)] == classes
+    evaluated = fkt_cli("evaluate", "--checkpoint", str(checkpoint), "--probe", "knn", "--corruptions")
+    assert evaluated.returncode == 0, evaluated.stderr
+    shown = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])  # after the data layer's notes
+    assert 0 <= shown["probes"]["knn"] <= 1 and 0 <= shown["corruptions"]["mean_accuracy"] <= 1
+    exported = fkt_cli("export", "--checkpoint", str(checkpoint), "--format", "torchscript",
+                       "--out", str(tmp_path / "model"))
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads((tmp_path / "model" / "model.json").read_text())["check"]["real_test_images"]

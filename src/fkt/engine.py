@@ -325,7 +325,7 @@ def evaluate_checkpoint(checkpoint: Path, dataset: str | None, data_root: Path |
                                "module": module.name}
     if module.name == "simclr":
         print(f"[fkt] {checkpoint}: a SimCLR pretraining stage, whose classifier was never trained: "
-              "no test metrics; its backbone is probed instead", flush=True)
+              "no test metrics or corruption accuracy; its backbone is probed instead", flush=True)
         probes = list(probes) or ["knn"]
     else:
         logits, targets = predict(module, data.loader("test"), device)
