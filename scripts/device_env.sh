@@ -7,7 +7,7 @@ if [[ -n "${PYTHON:-}" ]]; then PY="$PYTHON"
 elif [[ -x "$REPO/.venv/bin/python" ]]; then PY="$REPO/.venv/bin/python"
 else PY="$(command -v python3 || command -v python)"; fi
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"  # fkt from this checkout, installed or not
-if [[ -d "$REPO/.whl" ]] && ! "$PY" -c 'import lightly, pytorch_lightning, kornia, captum' 2>/dev/null; then
+if [[ -d "$REPO/.whl" ]] && ! "$PY" -c 'import lightly, pytorch_lightning, kornia, captum, pydantic' 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/fkt-site \
     "$REPO"/.whl/*.whl
   export PYTHONPATH="$PYTHONPATH:/tmp/fkt-site"

@@ -108,7 +108,7 @@ ROWS: list[tuple[str, str, str, list[str]]] = [
      ["test_faults.py::test_a_bad_checkpoint_in_the_run_directory_is_refused[garbage]",
       "test_faults.py::test_a_bad_checkpoint_in_the_run_directory_is_refused[truncated]"]),
     ("Checkpoints", "`fkt evaluate` on a missing, garbage or foreign file", "one line naming the file",
-     ["test_faults.py::test_evaluate_refuses_a_foreign_checkpoint", "test_cli.py::test_foreign_checkpoint_is_refused"]),
+     ["test_faults.py::test_evaluate_refuses_a_foreign_checkpoint", "test_cli.py::test_the_entry_point_gives_one_line_too"]),
     ("Checkpoints", "A crafted checkpoint whose pickle runs a shell command, given to `evaluate`, `predict`, "
      "`export`, `cam` or left in `--out` for a resume",
      "read as data (weights only): refused in one line naming the file and `--trust-checkpoint`; nothing runs "

@@ -30,6 +30,7 @@ def test_method_learns_on_real_fashion_mnist_and_reloads(tmp_path, method):
     assert results["val"]["n"] == 600
     # Ten balanced classes: chance is 10%. 640 images for two epochs is far above it.
     assert results["test"]["accuracy"] > 0.4, results["test"]["accuracy"]
+    assert results["probes"]["knn"] > 0.4, results["probes"]  # the frozen backbone's k-NN, every run
     per_image = {"supervised": 1 * 2, "representational": 2 * 1 + 1 * 2, "functional": 3 * 2}[method]
     assert results["compute"]["image_passes"] == 640 * per_image
 

@@ -10,6 +10,7 @@ from fkt.errors import UserError
 
 
 def preset_names() -> list[str]:
+    """Sorted: --help and the unknown-preset line list them in the same order everywhere."""
     return sorted(entry.name[:-5] for entry in resources.files(__name__).iterdir() if entry.name.endswith(".yaml"))
 
 
