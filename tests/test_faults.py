@@ -321,3 +321,24 @@ def test_evaluate_refuses_a_foreign_checkpoint(tmp_path, fkt_cli, damage):
     else:
         torch.save({"weights": torch.ones(2)}, bad)
     one_error_line(fkt_cli("evaluate", "--checkpoint", str(bad)), str(bad), code=2)
+
+
+@pytest.mark.slow
+def test_a_few_label_run_with_two_streams_resumes_exactly_after_sigkill(fmnist, tmp_path):
+    """The functional step reads the pool and a cycling labelled stream: both resume where they were."""
+    labels = ("--labels-per-class", "3", "--labelled-batch-size", "4")
+    whole = subprocess.run(fkt_command(fmnist.root, tmp_path / "whole", *labels), capture_output=True, text=True,
+                           timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "killed"
+    # step 5: the labelled stream (12 images, 4 a step) is inside its second cycle
+    command = fkt_command(fmnist.root, out, *labels, "--checkpoint-every-n-steps", "5")
+    code, _, _, seen = run_until_mid_epoch_checkpoint(command, out / "checkpoints" / "last.ckpt", signal.SIGKILL)
+    assert code == -signal.SIGKILL and seen is not None, seen
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    b = json.loads((out / "metrics.json").read_text())
+    assert a["images"] == {"labelled": 12, "unlabelled": 52} and b["compute"]["stages"]["train"]["resumed"]
+    assert without_wall_clock(a) == without_wall_clock(b)
+    same_weights(tmp_path / "whole" / "checkpoints" / "last.ckpt", out / "checkpoints" / "last.ckpt")

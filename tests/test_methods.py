@@ -116,7 +116,7 @@ def test_stages_per_method():
     assert rep[1].init_from == "pretrain" and rep[1].freeze_backbone
 
 
-@pytest.mark.parametrize("classifier_input, passes", [("clean", 3), ("view", 2)])
+@pytest.mark.parametrize("classifier_input, passes", [("clean", 3), ("weak", 3), ("view", 2)])
 def test_image_passes_per_step(classifier_input, passes):
     m = module(Functional, tiny_config(method={"classifier_input": classifier_input})).train()
     images, targets = batch(8)

@@ -86,3 +86,19 @@ def test_small_images_use_the_cifar_recipe():
     assert SimCLRViews(32).blur_kernel is None and SimCLRViews(32).jitter[0] == pytest.approx(0.4)
     big = SimCLRViews(224)
     assert big.blur_kernel == 23 and big.jitter[0] == pytest.approx(0.8)
+
+
+def test_the_weak_view_is_a_whole_pixel_shift_of_at_most_an_eighth_and_maybe_a_flip():
+    from fkt.data.transforms import WeakView
+
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    views, clean = WeakView()(images), Normalize()(images)
+    found = set()
+    for view, image in zip(views, clean):
+        matches = [(dx, dy, flip) for flip in (False, True) for dx in range(-4, 5) for dy in range(-4, 5)
+                   if torch.equal(torch.roll(image.flip(-1) if flip else image, (-dy, -dx), (1, 2))[:, 4:-4, 4:-4],
+                                  view[:, 4:-4, 4:-4])]
+        assert matches, "a weak view is not a shifted (and maybe flipped) copy of its image"
+        found.update(matches)
+    assert {flip for _, _, flip in found} == {False, True} and len({(dx, dy) for dx, dy, _ in found}) > 20

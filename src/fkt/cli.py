@@ -35,13 +35,20 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-train", dest="data.limit_train", type=int)
     p.add_argument("--batch-size", dest="data.batch_size", type=int)
     p.add_argument("--num-workers", dest="data.num_workers", type=int)
+    p.add_argument("--labels-per-class", dest="data.labels_per_class", type=int,
+                   help="keep the labels of N training images per class; the others train the SSL term only")
+    p.add_argument("--labelled-fraction", dest="data.labelled_fraction", type=float,
+                   help="keep the labels of this stratified fraction (0, 1] of the training split")
+    p.add_argument("--unlabelled-root", dest="data.unlabelled_root", type=Path,
+                   help="a folder tree of extra images without labels, for the SSL term")
+    p.add_argument("--labelled-batch-size", dest="data.labelled_batch_size", type=int)
     p.add_argument("--backbone", dest="model.backbone")
     p.add_argument("--stem", dest="model.stem", choices=["imagenet", "small"])
     p.add_argument("--pretrained-weights", dest="model.pretrained_weights", type=Path)
     p.add_argument("--epochs", dest="trainer.epochs", type=int)
     p.add_argument("--pretrain-epochs", dest="trainer.pretrain_epochs", type=int)
     p.add_argument("--finetune", dest="method.finetune", choices=["full", "linear"])
-    p.add_argument("--classifier-input", dest="method.classifier_input", choices=["clean", "view"])
+    p.add_argument("--classifier-input", dest="method.classifier_input", choices=["clean", "weak", "view"])
     p.add_argument("--lambda", dest="method.lambda_ce", type=float)
     p.add_argument("--temperature", dest="method.temperature", type=float)
     p.add_argument("--accelerator", dest="trainer.accelerator")

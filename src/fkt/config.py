@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from fkt.errors import UserError
 
@@ -37,6 +37,25 @@ class DataConfig(_Strict):
     num_workers: int | None = Field(None, ge=0, description="None: chosen from the CPU count")
     scan_images: bool = Field(True, description="decode every image file before training; report all bad ones at once")
     skip_bad_images: bool = Field(False, description="leave unreadable images out (counted in metrics.json)")
+    labels_per_class: PositiveInt | None = Field(
+        None, description="keep the labels of this many training images per class; the rest become unlabelled")
+    labelled_fraction: float | None = Field(
+        None, gt=0, le=1, description="keep the labels of this stratified fraction of the training split")
+    unlabelled_root: Path | None = Field(None, description="a folder tree of extra images without labels")
+    labelled_batch_size: PositiveInt | None = Field(
+        None, description="labelled images per functional step when some are unlabelled; None: batch_size")
+
+    @model_validator(mode="after")
+    def _one_label_budget(self) -> "DataConfig":
+        if self.labels_per_class is not None and self.labelled_fraction is not None:
+            raise ValueError("set labels_per_class or labelled_fraction, not both")
+        return self
+
+    @property
+    def few_labels(self) -> bool:
+        """Some training images are unlabelled: the arms read a labelled set and an image pool."""
+        fraction = self.labelled_fraction is not None and self.labelled_fraction < 1
+        return self.labels_per_class is not None or fraction or self.unlabelled_root is not None
 
 
 class ModelConfig(_Strict):
@@ -74,7 +93,8 @@ class MethodConfig(_Strict):
     name: Method = "functional"
     lambda_ce: float = Field(1.0, ge=0, description="L = L_ssl + lambda * L_ce")
     temperature: float = Field(0.5, gt=0)
-    classifier_input: Literal["clean", "view"] = "clean"
+    classifier_input: Literal["clean", "weak", "view"] = Field(
+        "clean", description="the cross-entropy's input: the image, a weak view (flip, translate), or an SSL view")
     finetune: Literal["full", "linear"] = "full"
 
 

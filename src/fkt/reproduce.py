@@ -20,8 +20,9 @@ from fkt.report.tables import arm_of, write_results
 
 
 def passes_per_image(config: Config) -> int:
-    """Backbone passes one functional epoch costs per image: two views, plus the clean input."""
-    return 3 if config.method.classifier_input == "clean" else 2
+    """Backbone passes one functional epoch costs per image: two views, plus the classifier's own input
+    (the image or its weak view; none where it reuses the first SSL view)."""
+    return 2 if config.method.classifier_input == "view" else 3
 
 
 def cell_config(config: Config, dataset: str, arm: str, seed: int, out: Path) -> Config:

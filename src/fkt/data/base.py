@@ -80,6 +80,10 @@ class ImageSet:
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             raise UserError(f"{path}: cannot read image ({err})") from None
 
+    def without_labels(self) -> ImageSet:
+        """The same images, every label -1: a label of an image counted as unlabelled reaches no loss."""
+        return ImageSet(targets=np.full(len(self), -1), pixels=self.pixels, files=self.files)
+
     def subset(self, indices: np.ndarray) -> ImageSet:
         indices = np.asarray(indices, dtype=np.int64)
         return ImageSet(
@@ -102,6 +106,17 @@ class DataBundle:
     ordinal: bool = False
     notes: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unlabelled: ImageSet | None = None  # data.unlabelled_root's images
+
+
+def unlabelled_folder(root: Path) -> ImageSet:
+    """Every image file under `root`, at any depth, with no labels (Intel Image's seg_pred/, say)."""
+    if not Path(root).is_dir():
+        raise UserError(f"--unlabelled-root {root}: no such folder")
+    files = [p for p in walk_files(Path(root)) if is_image_name(p)]
+    if not files:
+        raise UserError(f"--unlabelled-root {root}: no images (extensions {sorted(IMAGE_EXTENSIONS)})")
+    return ImageSet(targets=np.full(len(files), -1), files=files)
 
 
 def is_image_name(path: Path) -> bool:

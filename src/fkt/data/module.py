@@ -10,14 +10,14 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, default_collate
 
 from fkt.config import Config
 from fkt.data import dataset_info, load_dataset
-from fkt.data.base import DataBundle, ImageSet
-from fkt.data.sampler import EpochSampler, ResumableLoader
+from fkt.data.base import DataBundle, ImageSet, unlabelled_folder
+from fkt.data.sampler import EpochSampler, JointBatchSampler, ResumableLoader
 from fkt.data.scan import screen_bundle
-from fkt.data.splits import load_splits, make_splits, save_splits, stratified_subset
+from fkt.data.splits import labelled_subset, load_splits, make_splits, save_splits, stratified_subset
 from fkt.errors import UserError
 from fkt.io import is_rank_zero
 
@@ -69,6 +69,17 @@ def default_workers(in_memory: bool) -> int:
     return 0 if in_memory else max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
+class JointCollate:
+    """A joint step's items as (pool images, labelled images, their labels); a class, so workers can pickle it."""
+
+    def __init__(self, pool: int) -> None:
+        self.pool = pool
+
+    def __call__(self, items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, targets = default_collate(items)
+        return images[: self.pool], images[self.pool:], targets[self.pool:]
+
+
 class FKTDataModule(pl.LightningDataModule):
     """Train / val / test for one run. The split is saved to `split_file` and reused when it exists."""
 
@@ -78,6 +89,7 @@ class FKTDataModule(pl.LightningDataModule):
         self.split_file = split_file
         self.bundle: DataBundle | None = None
         self.sets: dict[str, ResizedImages] = {}
+        self.unlabelled: list[ResizedImages] = []  # the training split's withheld labels, data.unlabelled_root
 
     @property
     def image_size(self) -> int:
@@ -93,57 +105,120 @@ class FKTDataModule(pl.LightningDataModule):
             return
         cfg = self.config.data
         bundle = load_dataset(cfg.dataset, cfg.root)
+        if cfg.unlabelled_root is not None:
+            bundle.unlabelled = unlabelled_folder(cfg.unlabelled_root)
         for note in bundle.notes:
             print(f"[fkt] {note}", flush=True)
         writes = self.split_file is not None and is_rank_zero()  # other DDP ranks read, never write
         if cfg.scan_images or cfg.skip_bad_images:  # before the split: its indices count the readable images
             screen_bundle(bundle, cfg.skip_bad_images, self.split_file.parent / "bad_images.txt" if writes else None)
-        meta = {"dataset": cfg.dataset, "split_seed": cfg.split_seed, "val_fraction": cfg.val_fraction,
-                "test_fraction": cfg.test_fraction, "limit_train": cfg.limit_train, "n_source": len(bundle.train)}
-        saved = self.split_file is not None and self.split_file.exists()
-        if saved:
-            splits = load_splits(self.split_file, meta)
-        else:
-            splits = make_splits(bundle.train.targets, bundle.test is not None, cfg.val_fraction,
-                                 cfg.test_fraction, cfg.limit_train, cfg.split_seed)
+        splits, saved, meta = self.splits(bundle)
+        labelled = splits.get("labelled", splits["train"])
+        unlabelled = sorted(set(splits["train"]) - set(labelled))
         test = bundle.test if bundle.test is not None else bundle.train.subset(np.array(splits["test"]))
-        parts = {"train": bundle.train.subset(np.array(splits["train"])),
+        parts = {"train": bundle.train.subset(np.array(labelled)),
                  "val": bundle.train.subset(np.array(splits["val"])), "test": test}
-        if cfg.limit_train is not None and cfg.limit_train > len(parts["train"]):
-            note = (f"--limit-train {cfg.limit_train}: the training split has only {len(parts['train'])} images; "
-                    "training on all of them")
-            print(f"[fkt] {note}", flush=True)
-            bundle.notes.append(note)
-        if cfg.batch_size > len(parts["train"]):
-            raise UserError(f"data.batch_size={cfg.batch_size} is larger than the training split "
-                            f"({len(parts['train'])} images)")
+        pool = [bundle.train.subset(np.array(unlabelled, dtype=np.int64)).without_labels(), bundle.unlabelled]
+        self.check_sizes(parts["train"], sum(len(p) for p in pool if p is not None), len(splits["train"]), bundle)
         if writes and not saved:  # only once the data is known to be usable
             save_splits(self.split_file, splits, {**meta, "source": bundle.source})
         self.sets = {name: ResizedImages(images, self.image_size) for name, images in parts.items()}
+        self.unlabelled = [ResizedImages(p, self.image_size) for p in pool if p is not None and len(p)]
         self.bundle = bundle
 
-    def loader(self, split: str, train: bool = False, limit: int | None = None) -> DataLoader:
-        """Evaluation loaders see every image in order (with `limit`, a stratified subset fixed by the
-        split seed, the same for every arm and seed); see `train_dataloader` for training."""
-        self.setup()
+    def splits(self, bundle: DataBundle) -> tuple[dict[str, list[int]], bool, dict]:
+        """The run's split (saved, or made and not yet saved), whether it was saved, and its settings."""
         cfg = self.config.data
+        meta = {"dataset": cfg.dataset, "split_seed": cfg.split_seed, "val_fraction": cfg.val_fraction,
+                "test_fraction": cfg.test_fraction, "limit_train": cfg.limit_train, "n_source": len(bundle.train),
+                "labels_per_class": cfg.labels_per_class, "labelled_fraction": cfg.labelled_fraction}
+        saved = self.split_file is not None and self.split_file.exists()
+        if saved:
+            splits = load_splits(self.split_file, meta)
+            if self.labels_kept() and "labelled" not in splits:
+                raise UserError(f"{self.split_file}: made with every image labelled; use another --out or delete it")
+            return splits, True, meta
+        splits = make_splits(bundle.train.targets, bundle.test is not None, cfg.val_fraction,
+                             cfg.test_fraction, cfg.limit_train, cfg.split_seed)
+        if self.labels_kept():
+            train = np.array(splits["train"])
+            kept = labelled_subset(bundle.train.targets[train], cfg.labels_per_class, cfg.labelled_fraction,
+                                   cfg.split_seed, bundle.classes)
+            splits["labelled"] = train[kept].tolist()
+        return splits, False, meta
+
+    def labels_kept(self) -> bool:
+        """Some training labels are withheld (labels_per_class, or a labelled_fraction below 1)."""
+        cfg = self.config.data
+        return cfg.labels_per_class is not None or (cfg.labelled_fraction or 1) < 1
+
+    def check_sizes(self, labelled: ImageSet, unlabelled: int, train: int, bundle: DataBundle) -> None:
+        cfg = self.config.data
+        if cfg.limit_train is not None and cfg.limit_train > train:
+            note = (f"--limit-train {cfg.limit_train}: the training split has only {train} images; "
+                    "training on all of them")
+            print(f"[fkt] {note}", flush=True)
+            bundle.notes.append(note)
+        if cfg.batch_size > len(labelled) + unlabelled:
+            raise UserError(f"data.batch_size={cfg.batch_size} is larger than the training split "
+                            f"({len(labelled) + unlabelled} images)")
+        if self.labelled_batch > len(labelled):
+            flag = "data.labelled_batch_size" if cfg.labelled_batch_size else "data.batch_size (the labelled batch)"
+            raise UserError(f"{flag}={self.labelled_batch} is larger than the labelled set ({len(labelled)} images)")
+
+    @property
+    def labelled_batch(self) -> int:
+        cfg = self.config.data
+        return cfg.labelled_batch_size or cfg.batch_size if cfg.few_labels else cfg.batch_size
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Training images with and without labels, for tables and metrics.json."""
+        self.setup()
+        return {"labelled": len(self.sets["train"]), "unlabelled": sum(len(p) for p in self.unlabelled)}
+
+    def loader(self, split: str, limit: int | None = None) -> DataLoader:
+        """Evaluation loaders see every image in order (with `limit`, a stratified subset fixed by the
+        split seed, the same for every arm and seed); `train_loader` makes the training ones."""
+        self.setup()
         dataset = self.sets[split]
-        in_memory = dataset.cache is not None
         if limit is not None and limit < len(dataset):
-            dataset = Subset(dataset, stratified_subset(dataset.images.targets, limit, cfg.split_seed).tolist())
+            dataset = Subset(dataset, stratified_subset(dataset.images.targets, limit, self.config.data.split_seed).tolist())
+        return DataLoader(dataset, batch_size=self.config.data.eval_batch_size, **self.options([self.sets[split]]))
+
+    def options(self, parts: list[ResizedImages]) -> dict:
+        cfg = self.config.data
+        in_memory = all(part.cache is not None for part in parts)
         workers = cfg.num_workers if cfg.num_workers is not None else default_workers(in_memory)
-        options = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
-        if not train:
-            return DataLoader(dataset, batch_size=cfg.eval_batch_size, **options)
+        return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+    def train_loader(self, stream: str) -> DataLoader:
+        """A resumable order of (seed, epoch), one shard per rank, full batches only (every contrastive
+        batch the same size, every rank the same steps). `stream`: what the method trains on: the
+        labelled set, the pool of every training image (SSL), or both at once (functional)."""
+        self.setup()
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-        # A resumable order of (seed, epoch), one shard per rank; full batches only, so that every
-        # contrastive batch has the same size and every rank the same number of steps.
-        sampler = EpochSampler(len(dataset), self.config.seed, rank, world)
-        return ResumableLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                               generator=torch.Generator().manual_seed(self.config.seed), **options)
+        labelled, seed = self.sets["train"], self.config.seed
+        pool = ConcatDataset([labelled, *self.unlabelled]) if self.unlabelled else labelled
+        options = {**self.options([labelled, *self.unlabelled]),
+                   "generator": torch.Generator().manual_seed(seed)}
+        if stream == "labelled" or not self.unlabelled:
+            dataset = labelled if stream == "labelled" else pool
+            size = self.labelled_batch if stream == "labelled" else self.config.data.batch_size
+            return ResumableLoader(dataset, batch_size=size, sampler=EpochSampler(len(dataset), seed, rank, world),
+                                   drop_last=True, **options)
+        batch = self.config.data.batch_size
+        if stream == "pool":
+            return ResumableLoader(pool, batch_size=batch, sampler=EpochSampler(len(pool), seed, rank, world),
+                                   drop_last=True, **options)
+        sampler = JointBatchSampler(EpochSampler(len(pool), seed, rank, world), batch, len(labelled),
+                                    self.labelled_batch, offset=len(pool))
+        return ResumableLoader(ConcatDataset([pool, labelled]), batch_sampler=sampler,
+                               collate_fn=JointCollate(batch), **options)
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader("train", train=True)
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return self.train_loader(getattr(module, "train_data", "labelled"))
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("val")

@@ -45,30 +45,67 @@ class EpochSampler(Sampler[int]):
         return iter(indices.tolist())
 
 
+class JointBatchSampler(Sampler[list[int]]):
+    """Steps of two streams at once: `batch_size` images of the pool in the order of `sampler` (an
+    epoch is one pass over the pool), then `labelled_batch` labelled images (indices offset by
+    `offset`), drawn from an endless chain of permutations of the labelled set.
+
+    The labelled images of step t depend on (seed, t, rank) alone, so a run resumed mid-epoch sees
+    exactly the labelled images an uninterrupted run sees, however often the labelled set cycles."""
+
+    def __init__(self, sampler: EpochSampler, batch_size: int, labelled: int, labelled_batch: int,
+                 offset: int) -> None:
+        self.sampler, self.batch_size = sampler, batch_size
+        self.labelled, self.labelled_batch, self.offset = labelled, labelled_batch, offset
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def labelled_indices(self, step: int) -> list[int]:
+        world, rank = self.sampler.world_size, self.sampler.rank
+        start = (step * world + rank) * self.labelled_batch
+        positions = np.arange(start, start + self.labelled_batch)
+        cycles = {c: np.random.default_rng([self.sampler.seed, 7, c]).permutation(self.labelled)
+                  for c in np.unique(positions // self.labelled)}
+        return [self.offset + int(cycles[p // self.labelled][p % self.labelled]) for p in positions]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, skip = self.sampler.epoch, self.sampler.skip
+        first = skip[1] // self.batch_size if skip is not None and skip[0] == epoch else 0
+        pool = list(self.sampler)
+        for b in range(len(pool) // self.batch_size):
+            step = epoch * len(self) + first + b
+            yield pool[b * self.batch_size:(b + 1) * self.batch_size] + self.labelled_indices(step)
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader whose position in the epoch is part of the checkpoint.
 
     It counts the batches it hands out; Lightning fetches without prefetching when the length is
-    known, so at a checkpoint that count is exactly the batches trained on this epoch.
+    known, so at a checkpoint that count is exactly the batches trained on this epoch. Its order is
+    an EpochSampler, as the sampler or inside a JointBatchSampler.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, EpochSampler):
+        joint = isinstance(self.batch_sampler, JointBatchSampler)
+        self.order = self.batch_sampler.sampler if joint else self.sampler
+        self.step_size = self.batch_sampler.batch_size if joint else self.batch_size
+        if not isinstance(self.order, EpochSampler):
             raise TypeError("ResumableLoader needs an EpochSampler")
         self.served = 0
 
     def __iter__(self) -> Iterator[Any]:
         # A generator: the permutation is drawn on the first batch, after Lightning's set_epoch.
-        skip = self.sampler.skip
-        self.served = skip[1] // self.batch_size if skip is not None and skip[0] == self.sampler.epoch else 0
+        skip = self.order.skip
+        self.served = skip[1] // self.step_size if skip is not None and skip[0] == self.order.epoch else 0
         for batch in super().__iter__():
             self.served += 1
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches": self.served, "batch_size": self.batch_size}
+        return {"epoch": self.order.epoch, "batches": self.served, "batch_size": self.step_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        if state.get("batch_size") == self.batch_size:
-            self.sampler.skip = (state["epoch"], state["batches"] * self.batch_size)
+        if state.get("batch_size") == self.step_size:
+            self.order.skip = (state["epoch"], state["batches"] * self.step_size)

@@ -66,7 +66,8 @@ def scan_images(files: list[Path], workers: int | None = None) -> list[tuple[Pat
 def screen_bundle(bundle: DataBundle, skip: bool, report: Path | None) -> None:
     """Scan a file-based bundle. Bad images stop the run with one line (all of them written to
     `report`, one `path<TAB>reason` a line), or with `skip` are left out and kept in `bundle.skipped`."""
-    sets = {name: images for name, images in (("train", bundle.train), ("test", bundle.test))
+    sets = {name: images for name, images in (("train", bundle.train), ("test", bundle.test),
+                                              ("unlabelled", bundle.unlabelled))
             if images is not None and images.files}
     files = [path for images in sets.values() for path in images.files]
     if not files:
@@ -89,6 +90,11 @@ def screen_bundle(bundle: DataBundle, skip: bool, report: Path | None) -> None:
     dropped = {path for path, _ in bad}
     for name, images in sets.items():
         kept = images.subset(np.flatnonzero([path not in dropped for path in images.files]))
+        if name == "unlabelled":
+            if not len(kept):
+                raise UserError(f"--unlabelled-root: none of its {len(images)} image(s) is readable ({listed})")
+            setattr(bundle, name, kept)
+            continue
         before, after = (np.bincount(s.targets, minlength=len(bundle.classes)) for s in (images, kept))
         emptied = np.flatnonzero((before > 0) & (after == 0))
         if len(emptied):

@@ -59,6 +59,24 @@ def stratified_subset(targets: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
+def labelled_subset(targets: np.ndarray, per_class: int | None, fraction: float | None, seed: int,
+                    classes: list[str]) -> np.ndarray:
+    """Positions (into `targets`) of the training images whose labels are kept: `per_class` of each
+    class, or a stratified `fraction` (at least one per class); seeded, so every arm and seed of a
+    grid sees the same labelled images."""
+    targets = np.asarray(targets)
+    present, counts = np.unique(targets, return_counts=True)
+    if per_class is not None:
+        smallest = int(np.argmin(counts))
+        if per_class > counts[smallest]:
+            raise UserError(f"--labels-per-class {per_class}: class {classes[present[smallest]]!r} has only "
+                            f"{counts[smallest]} training images")
+        rng = np.random.default_rng([seed, 3])
+        return np.sort(np.concatenate([rng.permutation(np.flatnonzero(targets == c))[:per_class] for c in present]))
+    size = max(int(round(fraction * len(targets))), len(present))
+    return stratified_subset(targets, size, seed + 3)
+
+
 def make_splits(train_targets: np.ndarray, has_test: bool, val_fraction: float, test_fraction: float,
                 limit_train: int | None, seed: int) -> dict[str, list[int]]:
     """Indices into the source's training set; 'test' only where the source has no test split."""

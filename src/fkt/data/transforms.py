@@ -6,7 +6,8 @@ parameters per image (batched, so a CPU or GPU is not starved by per-image Pytho
 
 Small images (<= 64 px, CIFAR-like) follow the SimCLR paper's CIFAR recipe: colour-jitter
 strength 0.5 and no blur; larger ones get strength 1.0 and a blur whose kernel is 10% of
-the image side. The classifier's clean input is the same image, normalised like the views.
+the image side. The classifier's clean input is the same image, normalised like the views;
+its weak view (`classifier_input: weak`) a flipped and shifted copy.
 """
 
 from __future__ import annotations
@@ -126,6 +127,31 @@ class SimCLRViews(nn.Module):
         blurred = KF.gaussian_blur2d(x, (self.blur_kernel, self.blur_kernel), sigma)
         chosen = (torch.rand(n, device=x.device) < self.p_blur).view(-1, 1, 1, 1)
         return torch.where(chosen, blurred, x)
+
+
+class WeakView(nn.Module):
+    """The semi-supervised field's weak augmentation of a labelled image (FixMatch, Sohn et al.
+    2020): a horizontal flip with probability 1/2 and a translation by up to 1/8 of the side each
+    way, reflecting at the edges; drawn per image on the batch's device, in one resampling."""
+
+    def __init__(self, shift: float = 0.125) -> None:
+        super().__init__()
+        self.shift = shift
+        self.normalize = Normalize()
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_float(images)
+        n, _, height, width = x.shape
+        dev = x.device
+        flip = torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0)
+        # whole pixels, so that a shifted image stays as sharp as the original
+        dx = torch.randint(-int(self.shift * width), int(self.shift * width) + 1, (n,), device=dev) * 2 / width
+        dy = torch.randint(-int(self.shift * height), int(self.shift * height) + 1, (n,), device=dev) * 2 / height
+        theta = torch.zeros(n, 2, 3, device=dev)
+        theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = flip, dx, 1.0, dy
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return self.normalize(F.grid_sample(x, grid, mode="nearest", padding_mode="reflection", align_corners=False))
 
 
 def denormalize(batch: torch.Tensor) -> torch.Tensor:

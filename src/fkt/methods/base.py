@@ -21,7 +21,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from fkt.config import Config, OptimizerConfig
-from fkt.data.transforms import Normalize, SimCLRViews
+from fkt.data.transforms import Normalize, SimCLRViews, WeakView
 from fkt.data import dataset_info
 from fkt.models import build_backbone, classifier_head, projection_head
 from fkt.objectives import check_finite, classification_loss, contrastive_loss, weighted_total
@@ -48,10 +48,11 @@ def build_optimizer(settings: OptimizerConfig, params: list[torch.nn.Parameter])
 
 
 class Method(pl.LightningModule):
-    """Shared plumbing. Subclasses set `uses_ssl` and implement `losses` and `trainable`."""
+    """Shared plumbing. Subclasses set `uses_ssl` and `train_data`, and implement `losses` and `trainable`."""
 
     name = "method"
     uses_ssl = False
+    train_data = "labelled"  # or "pool" (every training image, labels unused) or "joint" (both, per step)
     loss_weights: dict[str, float] = {}
 
     def __init__(self, config: dict[str, Any], num_classes: int, classes: list[str] | None = None,
@@ -68,17 +69,22 @@ class Method(pl.LightningModule):
                           if self.uses_ssl else None)
         size = cfg.data.image_size or dataset_info(cfg.data.dataset).image_size
         self.views = SimCLRViews(size)
+        self.weak = WeakView()
         self.normalize = Normalize()
         self.contrastive = contrastive_loss(cfg.method.temperature)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.image_passes = 0  # images through the backbone in training steps, all ranks together
+        self.passes_by_term: dict[str, int] = {}  # the same, per loss term
         self.world_size = 1
         self.train_seconds = 0.0  # wall time in fit, carried across a resume
         self._clock: float | None = None
         self._unchecked: list[dict[str, torch.Tensor]] = []  # loss terms since the last optimizer step
 
     # --- what a method defines -------------------------------------------------------
-    def losses(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, images: torch.Tensor, targets: torch.Tensor,
+               pool: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The step's loss terms on a labelled batch; `pool`, where some training images are
+        unlabelled, is a batch of every training image for the SSL terms."""
         raise NotImplementedError
 
     def trainable(self) -> list[nn.Module]:
@@ -91,10 +97,12 @@ class Method(pl.LightningModule):
         return [p for m in self.trainable() for p in m.parameters()]
 
     # --- building blocks the methods compose ------------------------------------------
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone features; every image pushed through here in training counts as one pass."""
+    def encode(self, images: torch.Tensor, term: str) -> torch.Tensor:
+        """Backbone features; every image pushed through here in training counts as one pass of `term`."""
         if self.training:
-            self.image_passes += images.shape[0] * self.world_size  # equal shards on every rank
+            passes = images.shape[0] * self.world_size  # equal shards on every rank
+            self.image_passes += passes
+            self.passes_by_term[term] = self.passes_by_term.get(term, 0) + passes
         return self.features(images)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -102,16 +110,18 @@ class Method(pl.LightningModule):
 
     def ssl_term(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """NT-Xent between two random views of each image; also returns the first view's features."""
-        h1, h2 = self.encode(self.views(images)), self.encode(self.views(images))
+        h1, h2 = self.encode(self.views(images), "ssl"), self.encode(self.views(images), "ssl")
         return self.contrastive(self.projector(h1), self.projector(h2)), h1
 
     def ce_term(self, images: torch.Tensor, targets: torch.Tensor,
                 view_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-entropy on the classifier input: the clean image, or a view (reusing its features)."""
-        if self.cfg.method.classifier_input == "view":
-            features = view_features if view_features is not None else self.encode(self.views(images))
+        """Cross-entropy on the classifier input: the image, a weak view of it, or an SSL view (whose
+        features are reused where the SSL term saw the same images)."""
+        kind = self.cfg.method.classifier_input
+        if kind == "view":
+            features = view_features if view_features is not None else self.encode(self.views(images), "ce")
         else:
-            features = self.encode(self.normalize(images))
+            features = self.encode((self.weak if kind == "weak" else self.normalize)(images), "ce")
         return classification_loss(self.classifier(features), targets)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -152,8 +162,8 @@ class Method(pl.LightningModule):
         return self
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images, targets = batch
-        terms = self.losses(images, targets)
+        *pool, images, targets = batch  # (pool,) images, targets: see FKTDataModule.train_loader
+        terms = self.losses(images, targets, *pool)
         detached = {k: v.detach() for k, v in terms.items()}
         self._unchecked.append(detached)  # checked before the optimizer step
         loss = weighted_total(terms, self.loss_weights)
@@ -214,9 +224,10 @@ class Method(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["fkt"] = {"module": self.name, "image_passes": self.image_passes,
-                             "train_seconds": self.elapsed()}
+                             "passes_by_term": dict(self.passes_by_term), "train_seconds": self.elapsed()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("fkt", {})
         self.image_passes = info.get("image_passes", 0)
+        self.passes_by_term = dict(info.get("passes_by_term", {}))
         self.train_seconds = info.get("train_seconds", 0.0)

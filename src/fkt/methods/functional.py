@@ -13,13 +13,16 @@ class Functional(Method):
     name = "functional"
     uses_ssl = True
 
+    train_data = "joint"
+
     @property
     def loss_weights(self):
         return {"ce": self.cfg.method.lambda_ce}
 
-    def losses(self, images, targets):
-        ssl, view_features = self.ssl_term(images)
-        return {"ssl": ssl, "ce": self.ce_term(images, targets, view_features)}
+    def losses(self, images, targets, pool=None):
+        # `pool`: where some training images are unlabelled, the SSL term's own batch of every image
+        ssl, view_features = self.ssl_term(images if pool is None else pool)
+        return {"ssl": ssl, "ce": self.ce_term(images, targets, view_features if pool is None else None)}
 
     def trainable(self):
         return [self.backbone, self.projector, self.classifier]

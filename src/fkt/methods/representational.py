@@ -14,8 +14,9 @@ class SimCLR(Method):
 
     name = "simclr"
     uses_ssl = True
+    train_data = "pool"  # every training image, labelled or not; the labels are not used
 
-    def losses(self, images, targets):
+    def losses(self, images, targets, pool=None):
         return {"ssl": self.ssl_term(images)[0]}
 
     def trainable(self):

@@ -8,7 +8,7 @@ from fkt.methods.base import Method
 class Supervised(Method):
     name = "supervised"
 
-    def losses(self, images, targets):
+    def losses(self, images, targets, pool=None):
         return {"ce": self.ce_term(images, targets)}
 
     def trainable(self):
