@@ -201,3 +201,27 @@ def test_an_unlabelled_folder_without_images_is_refused(fmnist, tmp_path, fkt_cl
                          "--unlabelled-root", str(root), "--out", str(out))
         one_error_line(result, f"--unlabelled-root {root}: {needle}", code=2)
         assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["fashion-mnist", "cifar10", "intel-image", "aptos2019", "imagefolder"])
+def test_few_labels_and_an_unlabelled_folder_on_every_layout(make_dataset, tmp_path, fkt_cli, layout):
+    from test_predict import LAYOUTS
+
+    data = make_dataset(layout, **dict(LAYOUTS)[layout])
+    extra = tmp_path / "unlabelled"
+    extra.mkdir()
+    for i in range(5):
+        colour_image(i % 3, 3, (24, 20)).save(extra / f"{i}.jpg")
+    for method in ("functional", "representational"):
+        out = tmp_path / method
+        result = fkt_cli("train", "--method", method, "--dataset", layout, "--data-root", str(data.root),
+                         "--image-size", "16", "--batch-size", "8", "--labels-per-class", "2",
+                         "--labelled-batch-size", "4", "--unlabelled-root", str(extra), "--epochs", "1",
+                         "--pretrain-epochs", "1", "--accelerator", "cpu", "--num-workers", "0", "--no-progress",
+                         "--set", "data.val_fraction=0.25", "--set", "model.proj_hidden_dim=32", "--out", str(out))
+        assert result.returncode == 0, result.stderr[-3000:]
+        saved = json.loads((out / "metrics.json").read_text())
+        classes = dict(LAYOUTS)[layout].get("num_classes", len(saved["classes"]))  # the classes present
+        assert saved["images"]["labelled"] == 2 * classes and saved["images"]["unlabelled"] >= 5
+        assert saved["compute"]["passes_by_term"]["ssl"] > 0 and saved["compute"]["passes_by_term"]["ce"] > 0
