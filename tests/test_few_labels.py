@@ -75,7 +75,8 @@ def test_every_arm_and_seed_sees_the_same_labelled_images_and_the_split_records_
 def test_the_pool_carries_no_labels_and_the_joint_step_has_both_streams(fmnist):
     data = FKTDataModule(config(fmnist.root, labels_per_class=3, labelled_batch_size=4))
     data.setup()
-    assert all(int(t) == -1 for part in data.unlabelled for _, t in part)
+    assert all(int(t) == -1 for part in data.pool for _, t in part)
+    assert sum(map(len, data.pool)) == 12 + data.counts["unlabelled"]  # the labelled images are in the pool too
     pool_images, images, targets = next(iter(data.train_loader("joint")))
     assert pool_images.shape[0] == 8 and images.shape[0] == 4 and (targets >= 0).all()
     assert len(data.train_loader("joint")) == (12 + data.counts["unlabelled"]) // 8
@@ -225,3 +226,20 @@ def test_few_labels_and_an_unlabelled_folder_on_every_layout(make_dataset, tmp_p
         classes = dict(LAYOUTS)[layout].get("num_classes", len(saved["classes"]))  # the classes present
         assert saved["images"]["labelled"] == 2 * classes and saved["images"]["unlabelled"] >= 5
         assert saved["compute"]["passes_by_term"]["ssl"] > 0 and saved["compute"]["passes_by_term"]["ce"] > 0
+
+
+def test_with_few_labels_every_arm_gets_the_functional_cells_image_passes(fmnist, tmp_path):
+    from fkt.reproduce import cells
+
+    preset = config(fmnist.root, labelled_batch_size=4).to_dict()
+    preset["grid"] = {"methods": ["functional", "representational", "supervised-matched"], "seeds": [0],
+                      "axes": {"data.labels_per_class": [3, None]}}
+    plan = {(c.data.labels_per_class, c.arm): c.trainer for c in cells(build_config(preset), tmp_path)}
+    # 3 a class: 12 labelled of a 64-image pool; functional: 2 epochs x 8 steps of 2 x 8 views + 4 labelled
+    steps, functional_passes = 16, 16 * (2 * 8 + 4)
+    assert (plan[3, "representational"].pretrain_epochs, plan[3, "representational"].epochs) == (2, round(16 / 3))
+    assert plan[3, "supervised-matched"].epochs == round(functional_passes / (3 * 4))
+    representational = 2 * 8 * 16 + plan[3, "representational"].epochs * 3 * 4
+    assert abs(representational - functional_passes) <= 12 and abs(27 * 12 - functional_passes) <= 12
+    # every image labelled: the epochs of old, three times the functional arm's for supervised-matched
+    assert plan[None, "supervised-matched"].epochs == 6 and plan[None, "representational"].epochs == 2

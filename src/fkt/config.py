@@ -8,10 +8,12 @@ and a checkpoint can be rebuilt from it alone.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator,
+                      model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fkt.errors import UserError
 
@@ -139,6 +141,51 @@ class GridConfig(_Strict):
                                                   description="config overrides for one arm")
     per_dataset: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                    description="config overrides for one dataset (its root, say)")
+    axes: dict[str, list[Any]] = Field(
+        default_factory=dict, description="dotted config field -> values; the grid is datasets x axes x arms x seeds")
+
+    # Fields the grid sets itself, with the setting to use instead.
+    RESERVED_AXES: ClassVar[dict[str, str]] = {
+        "seed": "grid.seeds", "arm": "grid.methods", "method.name": "grid.methods",
+        "data.dataset": "grid.datasets", "out": "--out", "grid": "a grid of its own"}
+
+    @field_validator("axes", mode="before")
+    @classmethod
+    def _flatten_axes(cls, value: Any) -> Any:
+        """`--set grid.axes.data.labels_per_class=[...]` nests the key; a nested mapping means its dotted path."""
+        if not isinstance(value, dict):
+            return value
+        flat: dict[str, Any] = {}
+        for key, values in value.items():
+            nested = cls._flatten_axes(values) if isinstance(values, dict) else {}
+            flat.update({f"{key}.{k}": v for k, v in nested.items()} if nested else {str(key): values})
+        return flat
+
+    @field_validator("axes")
+    @classmethod
+    def _known_axes(cls, axes: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """Each key must name a config field the grid does not set itself, with one value or more:
+        an error is reported at `grid.axes.<key>`, before any cell is built."""
+        for key, values in axes.items():
+            problem = cls._axis_problem(key) or ("" if values else "needs at least one value")
+            if problem:
+                raise ValidationError.from_exception_data("GridConfig", [InitErrorDetails(
+                    type=PydanticCustomError("grid_axis", problem), loc=(key,), input=axes)])
+        return axes
+
+    @classmethod
+    def _axis_problem(cls, key: str) -> str:
+        """Why `key` cannot be an axis ("" when it can): not a field of Config, or set by the grid."""
+        for reserved, instead in cls.RESERVED_AXES.items():
+            if key == reserved or key.startswith(reserved + "."):
+                return f"set by the grid itself (use {instead})"
+        model: Any = Config  # defined below; validation runs after the module is loaded
+        for part in key.split("."):
+            fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
+            if part not in fields:
+                return "not a config field (a dotted field such as data.labels_per_class or trainer.epochs)"
+            model = fields[part].annotation
+        return ""
 
 
 class Config(_Strict):

@@ -1,22 +1,50 @@
-"""A preset's grid of (dataset, arm, seed) cells, each its own run directory, then the tables.
+"""A preset's grid of (dataset, axis values, arm, seed) cells, each its own run directory, then the tables.
 
 A cell whose metrics.json exists is not run again, and a cell that was interrupted
 resumes from its last checkpoint, so rerunning the same command finishes the grid.
+Representational cells whose SimCLR stage cannot differ pretrain once (see SSL_IGNORED_FIELDS).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
+import shutil
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from fkt.config import Config, build_config, deep_merge
+from fkt.config import Config, build_config, deep_merge, set_dotted
 from fkt.engine import train
-from fkt.io import RunLock, is_rank_zero
-from fkt.report.figures import grid_figures
+from fkt.errors import UserError
+from fkt.io import RunLock, atomic_write, atomic_write_json, is_rank_zero
+from fkt.report.axes import axes_label, axes_of, frozen, path_safe
 from fkt.report.embedding import embedding_plot
+from fkt.report.figures import grid_figures
 from fkt.report.gradcam import cam_from_checkpoints, column_name, load_columns
 from fkt.report.page import write_report
 from fkt.report.tables import arm_of, write_results
+from fkt.report.verdicts import verdicts_markdown
+
+# Fields that cannot change what a representational cell's SimCLR stage learns, so cells of one grid
+# that differ only in them share one pretraining: the label budget and the labelled batch (the SSL
+# stage reads every training image and no label; with another budget it sees the same images in
+# another order), what only fine-tuning or the functional arm reads (epochs, finetune mode, classifier
+# input, cross-entropy weight, their optimizers), what is measured after training (evaluate), and the
+# cell's bookkeeping (arm, out, grid). Names that a config does not have are skipped.
+SSL_IGNORED_FIELDS = ("data.labels_per_class", "data.labelled_fraction", "data.labelled_batch_size",
+                      "trainer.epochs", "method.finetune", "method.lambda_ce", "method.classifier_input",
+                      "optim.supervised", "optim.functional", "evaluate", "arm", "out", "grid")
+PRETRAIN_CHECKPOINT = Path("checkpoints") / "pretrain" / "last.ckpt"
+SHARED_MARKER = "shared_pretraining.json"  # in a run directory whose SSL stage came from another cell
+
+
+class Cell(NamedTuple):
+    """One cell: its config and its axis values, which the config cannot give back (supervised-matched's
+    epochs are derived from the functional cell's, not the axis value)."""
+
+    config: Config
+    axes: dict[str, Any]
 
 
 def passes_per_image(config: Config) -> int:
@@ -25,62 +53,199 @@ def passes_per_image(config: Config) -> int:
     return 2 if config.method.classifier_input == "view" else 3
 
 
-def cell_config(config: Config, dataset: str, arm: str, seed: int, out: Path) -> Config:
-    """The config of one cell: the preset, then its dataset's and its arm's overrides."""
-    data = config.to_dict()
-    data["data"]["dataset"] = dataset
+def run_name(dataset: str, axes: dict[str, Any], arm: str, seed: int) -> str:
+    """`fashion-mnist-labels_per_class=10-functional-seed0`; without axes the name grids always had."""
+    parts = [dataset, path_safe(axes_label(axes, "-")) if axes else "", arm, f"seed{seed}"]
+    return "-".join(part for part in parts if part)
+
+
+def cell_config(config: Config, dataset: str, arm: str, seed: int, out: Path,
+                axes: dict[str, Any] | None = None) -> Config:
+    """The config of one cell: the preset, its dataset's and its arm's overrides, then its axis values
+    (what the grid varies has the last word), except supervised-matched's epochs: those of the functional
+    cell with the same axis values, times that cell's passes per image, so compute matches per axis value."""
+    axes = axes or {}
+    data = deep_merge(config.to_dict(), {"data": {"dataset": dataset}})
     data = deep_merge(data, config.grid.per_dataset.get(dataset, {}))
-    if arm == "supervised-matched":
-        functional = cell_config(config, dataset, "functional", seed, out)
-        data = deep_merge(data, config.grid.per_method.get(arm, {}))
-        data["method"]["name"] = "supervised"
-        data["trainer"]["epochs"] = functional.trainer.epochs * passes_per_image(functional)
-    else:
-        data["method"]["name"] = arm
-        data = deep_merge(data, config.grid.per_method.get(arm, {}))
-    data.update(seed=seed, arm=arm, out=str(Path(out) / "runs" / f"{dataset}-{arm}-seed{seed}"))
-    return build_config(data, f"grid cell {dataset}/{arm}/seed {seed}")
+    data = deep_merge(data, config.grid.per_method.get(arm, {}))
+    data["method"]["name"] = "supervised" if arm == "supervised-matched" else arm
+    for key, value in axes.items():
+        set_dotted(data, key, value)
+    data.update(seed=seed, arm=arm, out=str(Path(out) / "runs" / run_name(dataset, axes, arm, seed)))
+    where = f"grid cell {dataset}/{axes_label(axes)}/{arm}" if axes else f"grid cell {dataset}/{arm}"
+    own = build_config(data, f"{where}/seed {seed}")  # its own values first, so that an error names this cell
+    if arm == "supervised-matched" or (arm == "representational" and own.data.few_labels):
+        functional = cell_config(config, dataset, "functional", seed, out, axes)
+        try:
+            data["trainer"].update(matched_epochs(functional, arm))
+        except UserError as err:
+            raise UserError(f"{where}/seed {seed}: {err}") from None
+    return build_config(data, f"{where}/seed {seed}")
+
+
+def matched_epochs(functional: Config, arm: str) -> dict[str, int]:
+    """The epochs that give `arm` the functional cell's image passes. With every image labelled, an epoch
+    of each arm has the same steps, so supervised-matched trains passes_per_image times as many. With few
+    labels, functional makes S steps of 2 pool views and a labelled batch; representational pretrains as
+    many pool epochs and fine-tunes for S labelled steps, supervised-matched takes all its passes in
+    labelled steps (epochs rounded, so the passes match to within one epoch; the tables show them)."""
+    if not functional.data.few_labels:
+        return {"epochs": functional.trainer.epochs * passes_per_image(functional)}
+    labelled, pool = training_counts(functional)
+    cfg = functional.data
+    batch, labelled_batch = cfg.batch_size, cfg.labelled_batch_size or cfg.batch_size
+    steps = functional.trainer.epochs * (pool // batch)
+    per_epoch = labelled // labelled_batch
+    if arm == "representational":
+        return {"pretrain_epochs": functional.trainer.epochs, "epochs": max(1, round(steps / per_epoch))}
+    return {"epochs": max(1, round(steps * (2 * batch + labelled_batch) / (per_epoch * labelled_batch)))}
+
+
+@functools.lru_cache(maxsize=None)
+def _counts(data_config: str) -> tuple[int, int]:
+    from fkt.data.module import FKTDataModule
+
+    data = FKTDataModule(build_config({"data": json.loads(data_config)}))
+    return data.counts["labelled"], data.counts["labelled"] + data.counts["unlabelled"]
+
+
+def training_counts(config: Config) -> tuple[int, int]:
+    """(labelled images, pool images) of a cell's training split, read once per data setting."""
+    return _counts(json.dumps(config.to_dict()["data"], sort_keys=True))
+
+
+def axis_points(config: Config) -> list[dict[str, Any]]:
+    """Every combination of the axes' values, the first axis varying slowest; [{}] without axes."""
+    keys = list(config.grid.axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*config.grid.axes.values())]
+
+
+def grid_plan(config: Config, out: Path) -> list[Cell]:
+    """Datasets x axis values x arms x seeds, in that order; every cell validated, none sharing a folder."""
+    datasets = config.grid.datasets or [config.data.dataset]
+    plan = [Cell(cell_config(config, dataset, arm, seed, out, axes), axes) for dataset in datasets
+            for axes in axis_points(config) for arm in config.grid.methods for seed in config.grid.seeds]
+    seen: dict[Path, Cell] = {}
+    for cell in plan:
+        other = seen.setdefault(Path(cell.config.out), cell)
+        if other is not cell:
+            raise UserError(f"grid.axes: {other.axes} and {cell.axes} would share the run directory "
+                            f"{cell.config.out}; give the values distinct names")
+    return plan
 
 
 def cells(config: Config, out: Path) -> list[Config]:
-    datasets = config.grid.datasets or [config.data.dataset]
-    return [cell_config(config, dataset, arm, seed, out)
-            for dataset in datasets for arm in config.grid.methods for seed in config.grid.seeds]
+    return [cell.config for cell in grid_plan(config, out)]
+
+
+def pretraining_signature(config: Config) -> str:
+    """What a SimCLR stage depends on: the whole config but SSL_IGNORED_FIELDS, as one comparable string."""
+    data = config.to_dict()
+    for field in SSL_IGNORED_FIELDS:
+        *sections, leaf = field.split(".")
+        node = data
+        for section in sections:
+            node = node.get(section, {})
+        node.pop(leaf, None)
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def pretraining_sources(plan: list[Cell]) -> dict[Path, Path]:
+    """Run directory -> the earlier cell's run directory that trains the same SimCLR stage, for each
+    representational cell that can reuse one (same dataset and seed, nothing else that matters differs)."""
+    first: dict[str, Path] = {}
+    sources = {}
+    for cell in plan:
+        if cell.config.method.name == "representational":
+            here = Path(cell.config.out)
+            source = first.setdefault(pretraining_signature(cell.config), here)
+            if source != here:
+                sources[here] = source
+    return sources
+
+
+def share_pretraining(run_dir: Path, source: Path) -> bool:
+    """Copy `source`'s SimCLR stage into `run_dir` before that cell trains: the engine then finds a finished
+    stage and loads it instead of training it again (its passes and seconds come with it). Never over a
+    stage the cell has of its own. Every DDP rank copies (atomically), so none can miss it."""
+    target = run_dir / PRETRAIN_CHECKPOINT
+    if target.exists() or (run_dir / "metrics.json").exists() or not (source / PRETRAIN_CHECKPOINT).is_file():
+        return False
+    if is_rank_zero():  # first, so that a cell holding a shared stage always says so
+        atomic_write_json(run_dir / SHARED_MARKER, {"from": source.name})
+    with open(source / PRETRAIN_CHECKPOINT, "rb") as original:
+        atomic_write(target, lambda handle: shutil.copyfileobj(original, handle), mode="wb")
+    return True
+
+
+def annotated(run: dict, cell: Cell) -> dict:
+    """A run's result with what the grid knows and the engine does not: its axis values (from the cell,
+    whatever metrics.json says) and the cell whose SimCLR stage it reused, if any."""
+    run = {**run, "axes": dict(cell.axes)}
+    run.pop("shared_pretraining", None)
+    marker = Path(cell.config.out) / SHARED_MARKER
+    if marker.exists() and (Path(cell.config.out) / PRETRAIN_CHECKPOINT).exists():
+        run["shared_pretraining"] = json.loads(marker.read_text())["from"]
+    return run
 
 
 def run_grid(config: Config, out: Path) -> str:
     """Run every cell not yet done, then write results.csv and results.md; returns the Markdown."""
     out = Path(out)
     if not is_rank_zero():  # other DDP ranks train the cells with rank 0; rank 0 alone reports
-        for cell in cells(config, out):
-            if not (Path(cell.out) / "metrics.json").exists():
-                train(cell)
+        plan = grid_plan(config, out)
+        sources = pretraining_sources(plan)
+        for cell in plan:
+            run_dir = Path(cell.config.out)
+            if not (run_dir / "metrics.json").exists():
+                if run_dir in sources:
+                    share_pretraining(run_dir, sources[run_dir])
+                train(cell.config)
         return ""
     with RunLock(out, "reproduce --out"):
         return run_cells(config, out)
 
 
 def run_cells(config: Config, out: Path) -> str:
-    runs, run_dirs = [], []
-    for cell in cells(config, out):
-        run_dirs.append(Path(cell.out))
-        metrics_file = Path(cell.out) / "metrics.json"
-        if metrics_file.exists():
-            print(f"[fkt] {cell.out}: done already, skipped", flush=True)
-            runs.append(json.loads(metrics_file.read_text()))
-            continue
-        print(f"[fkt] training {cell.arm} on {cell.data.dataset}, seed {cell.seed} -> {cell.out}", flush=True)
-        runs.append(train(cell))
+    plan = grid_plan(config, out)  # every cell is validated before the first one trains
+    sources = pretraining_sources(plan)
+    runs = [run_cell(cell, sources.get(Path(cell.config.out))) for cell in plan]
+    run_dirs = [Path(cell.config.out) for cell in plan]
     grid_figures(out, runs, run_dirs)
+    cams_and_embeddings(out, runs, run_dirs)
+    markdown = write_results(out, runs)
+    write_report(out, markdown, verdicts_markdown(runs))
+    return markdown
+
+
+def run_cell(cell: Cell, source: Path | None) -> dict:
+    """One cell's result: read back where it is done, else trained (on `source`'s SimCLR stage where
+    there is one); metrics.json then also records the cell's axis values."""
+    run_dir = Path(cell.config.out)
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.exists():
+        print(f"[fkt] {run_dir}: done already, skipped", flush=True)
+        return annotated(json.loads(metrics_file.read_text()), cell)
+    if source is not None and share_pretraining(run_dir, source):
+        print(f"[fkt] {run_dir}: reusing the SSL pretraining of {source}", flush=True)
+    print(f"[fkt] training {cell.config.arm} on {cell.config.data.dataset}, seed {cell.config.seed} -> {run_dir}",
+          flush=True)
+    run = annotated(train(cell.config), cell)
+    if run["axes"] or "shared_pretraining" in run:
+        atomic_write_json(metrics_file, run)
+    return run
+
+
+def cams_and_embeddings(out: Path, runs: list[dict], run_dirs: list[Path]) -> None:
+    """Per dataset, at its first axis values: the Grad-CAM grid and a t-SNE of each of its backbones."""
     for dataset in dict.fromkeys(run["dataset"] for run in runs):
-        checkpoints = cam_checkpoints([(r, d) for r, d in zip(runs, run_dirs) if r["dataset"] == dataset])
+        mine = [(r, d) for r, d in zip(runs, run_dirs) if r["dataset"] == dataset]
+        point = frozen(axes_of(mine[0][0]))
+        checkpoints = cam_checkpoints([(r, d) for r, d in mine if frozen(axes_of(r)) == point])
         if checkpoints:
             loaded = load_columns(checkpoints, dataset, None)
             cam_from_checkpoints(checkpoints, dataset, None, 8, out / "figures" / f"{dataset}-gradcam.png", loaded)
             embeddings(*loaded, out / "figures", dataset)
-    markdown = write_results(out, runs)
-    write_report(out, markdown)
-    return markdown
 
 
 def cam_checkpoints(runs: list[tuple[dict, Path]]) -> list[Path]:

@@ -89,7 +89,7 @@ class FKTDataModule(pl.LightningDataModule):
         self.split_file = split_file
         self.bundle: DataBundle | None = None
         self.sets: dict[str, ResizedImages] = {}
-        self.unlabelled: list[ResizedImages] = []  # the training split's withheld labels, data.unlabelled_root
+        self.pool: list[ResizedImages] = []  # with few labels: the training split unlabelled, data.unlabelled_root
 
     @property
     def image_size(self) -> int:
@@ -113,17 +113,18 @@ class FKTDataModule(pl.LightningDataModule):
         if cfg.scan_images or cfg.skip_bad_images:  # before the split: its indices count the readable images
             screen_bundle(bundle, cfg.skip_bad_images, self.split_file.parent / "bad_images.txt" if writes else None)
         splits, saved, meta = self.splits(bundle)
-        labelled = splits.get("labelled", splits["train"])
-        unlabelled = sorted(set(splits["train"]) - set(labelled))
         test = bundle.test if bundle.test is not None else bundle.train.subset(np.array(splits["test"]))
-        parts = {"train": bundle.train.subset(np.array(labelled)),
+        parts = {"train": bundle.train.subset(np.array(splits.get("labelled", splits["train"]))),
                  "val": bundle.train.subset(np.array(splits["val"])), "test": test}
-        pool = [bundle.train.subset(np.array(unlabelled, dtype=np.int64)).without_labels(), bundle.unlabelled]
-        self.check_sizes(parts["train"], sum(len(p) for p in pool if p is not None), len(splits["train"]), bundle)
+        # The pool: the whole training split in its own order, whatever the label budget, so that SSL
+        # pretraining is the same for every budget (and a grid can share it), then unlabelled_root.
+        pool = [bundle.train.subset(np.array(splits["train"])).without_labels(), bundle.unlabelled]
+        pool = [images for images in pool if images is not None] if self.config.data.few_labels else []
+        self.check_sizes(parts["train"], sum(map(len, pool)) or len(parts["train"]), len(splits["train"]), bundle)
         if writes and not saved:  # only once the data is known to be usable
             save_splits(self.split_file, splits, {**meta, "source": bundle.source})
         self.sets = {name: ResizedImages(images, self.image_size) for name, images in parts.items()}
-        self.unlabelled = [ResizedImages(p, self.image_size) for p in pool if p is not None and len(p)]
+        self.pool = [ResizedImages(images, self.image_size) for images in pool]
         self.bundle = bundle
 
     def splits(self, bundle: DataBundle) -> tuple[dict[str, list[int]], bool, dict]:
@@ -152,16 +153,15 @@ class FKTDataModule(pl.LightningDataModule):
         cfg = self.config.data
         return cfg.labels_per_class is not None or (cfg.labelled_fraction or 1) < 1
 
-    def check_sizes(self, labelled: ImageSet, unlabelled: int, train: int, bundle: DataBundle) -> None:
+    def check_sizes(self, labelled: ImageSet, pool: int, train: int, bundle: DataBundle) -> None:
         cfg = self.config.data
         if cfg.limit_train is not None and cfg.limit_train > train:
             note = (f"--limit-train {cfg.limit_train}: the training split has only {train} images; "
                     "training on all of them")
             print(f"[fkt] {note}", flush=True)
             bundle.notes.append(note)
-        if cfg.batch_size > len(labelled) + unlabelled:
-            raise UserError(f"data.batch_size={cfg.batch_size} is larger than the training split "
-                            f"({len(labelled) + unlabelled} images)")
+        if cfg.batch_size > pool:
+            raise UserError(f"data.batch_size={cfg.batch_size} is larger than the training split ({pool} images)")
         if self.labelled_batch > len(labelled):
             flag = "data.labelled_batch_size" if cfg.labelled_batch_size else "data.batch_size (the labelled batch)"
             raise UserError(f"{flag}={self.labelled_batch} is larger than the labelled set ({len(labelled)} images)")
@@ -175,7 +175,8 @@ class FKTDataModule(pl.LightningDataModule):
     def counts(self) -> dict[str, int]:
         """Training images with and without labels, for tables and metrics.json."""
         self.setup()
-        return {"labelled": len(self.sets["train"]), "unlabelled": sum(len(p) for p in self.unlabelled)}
+        labelled = len(self.sets["train"])
+        return {"labelled": labelled, "unlabelled": sum(map(len, self.pool)) - labelled if self.pool else 0}
 
     def loader(self, split: str, limit: int | None = None) -> DataLoader:
         """Evaluation loaders see every image in order (with `limit`, a stratified subset fixed by the
@@ -199,10 +200,9 @@ class FKTDataModule(pl.LightningDataModule):
         self.setup()
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         labelled, seed = self.sets["train"], self.config.seed
-        pool = ConcatDataset([labelled, *self.unlabelled]) if self.unlabelled else labelled
-        options = {**self.options([labelled, *self.unlabelled]),
-                   "generator": torch.Generator().manual_seed(seed)}
-        if stream == "labelled" or not self.unlabelled:
+        pool = ConcatDataset(self.pool) if self.pool else labelled
+        options = {**self.options([labelled, *self.pool]), "generator": torch.Generator().manual_seed(seed)}
+        if stream == "labelled" or not self.pool:
             dataset = labelled if stream == "labelled" else pool
             size = self.labelled_batch if stream == "labelled" else self.config.data.batch_size
             return ResumableLoader(dataset, batch_size=size, sampler=EpochSampler(len(dataset), seed, rank, world),

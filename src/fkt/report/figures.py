@@ -1,9 +1,12 @@
-"""Figures from run directories: learning curves against compute, confusion matrices."""
+"""Figures from run directories: accuracy against a grid axis, learning curves against compute,
+confusion matrices."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,7 +15,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from scipy import stats
+
 from fkt.io import atomic_write
+from fkt.report.axes import LABEL_AXES, axes_label, axes_of, axis_keys, axis_text, path_safe, short_names
 from fkt.report.tables import arm_of
 
 
@@ -74,9 +80,10 @@ def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, ti
 
 
 def grid_figures(out: Path, runs: list[dict], run_dirs: list[Path]) -> list[Path]:
-    """Per dataset: learning curves of every run; per arm: the confusion matrix of its lowest seed."""
+    """Per dataset: accuracy against each numeric grid axis, learning curves of every run; per arm: the
+    confusion matrix of its lowest seed (at the first axis values)."""
     out = Path(out) / "figures"
-    written = []
+    written = axis_figures(out, runs)
     by_dataset: dict[str, list[int]] = defaultdict(list)
     for i, run in enumerate(runs):
         by_dataset[run["dataset"]].append(i)
@@ -91,7 +98,93 @@ def grid_figures(out: Path, runs: list[dict], run_dirs: list[Path]) -> list[Path
                 continue
             seen.add(arm)
             path = out / f"{dataset}-{arm}-confusion.png"
-            confusion_matrix(runs[i]["test"]["confusion_matrix"], runs[i]["classes"], path,
-                             f"{dataset}, {arm}, seed {runs[i]['seed']}")
+            where = ", ".join(filter(None, (dataset, axes_label(axes_of(runs[i])), arm, f"seed {runs[i]['seed']}")))
+            confusion_matrix(runs[i]["test"]["confusion_matrix"], runs[i]["classes"], path, where)
             written.append(path)
+    return written
+
+
+def numeric_axis(runs: list[dict], key: str) -> bool:
+    """An axis worth a line plot: every value a number or null (null: no limit, every image)."""
+    values = [axes_of(run).get(key) for run in runs]
+    numbers = [v for v in values if v is not None]
+    return bool(numbers) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)
+
+
+def axis_x(run: dict, key: str) -> float | None:
+    """Where a run stands on the axis: for a label budget its number of labelled images where the run
+    recorded them, else the axis value; None for a null whose image count is unknown."""
+    if key in LABEL_AXES and "labelled" in run.get("images", {}):
+        return float(run["images"]["labelled"])
+    value = axes_of(run)[key]
+    return None if value is None else float(value)
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of its 95% t-interval (0 with one value: nothing to estimate a spread from)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def axis_lines(runs: list[dict], key: str) -> dict[str, dict[str, list[dict]]]:
+    """Line name (the arm, and other axes' values) -> axis value (as text) -> its runs (the seeds)."""
+    lines: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        others = {k: v for k, v in axes_of(run).items() if k != key}
+        name = arm_of(run) + (f" ({axes_label(others)})" if others else "")
+        lines[name][axis_text(axes_of(run)[key])].append(run)
+    return lines
+
+
+def accuracy_vs_axis(runs: list[dict], key: str, path: Path, title: str) -> None:
+    """Test accuracy against one axis, a line per arm: mean and 95% t-interval over seeds. A label budget
+    is drawn against labelled images on a log scale; a null with no image count stands right of the rest."""
+    log = key in LABEL_AXES
+    known = [x for x in (axis_x(run, key) for run in runs) if x is not None]
+    top, bottom = max(known, default=1.0), min(known, default=1.0)
+    beyond = top * 2 if log else top + 0.25 * ((top - bottom) or 1.0)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ticks: dict[float, str] = {}
+    for i, (name, points) in enumerate(axis_lines(runs, key).items()):
+        drawn = []
+        for text, members in points.items():
+            xs = [x for x in (axis_x(run, key) for run in members) if x is not None]
+            x = statistics.fmean(xs) if xs else beyond
+            ticks[x] = ("all" + (f"\n({x:,.0f})" if xs else "")) if text == "all" else (
+                f"{x:,.0f}" if log and xs else text)
+            drawn.append((x, *t_interval([run["test"]["accuracy"] * 100 for run in members])))
+        drawn.sort()
+        ax.errorbar([d[0] for d in drawn], [d[1] for d in drawn], yerr=[d[2] for d in drawn], marker="o",
+                    capsize=3, color=f"C{i}", label=name)
+    finish_axis_plot(ax, ticks, log, "labelled training images" if log else key, title)
+    save(fig, path)
+
+
+def finish_axis_plot(ax: plt.Axes, ticks: dict[float, str], log: bool, xlabel: str, title: str) -> None:
+    """Ticks at the grid's values only (log scale for label budgets), labels, legend."""
+    if log:
+        ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(sorted(ticks), [ticks[x] for x in sorted(ticks)])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy % (mean, 95% t-interval over seeds)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def axis_figures(folder: Path, runs: list[dict]) -> list[Path]:
+    """Per dataset and numeric axis: `<dataset>-accuracy-vs-<axis>.png`."""
+    written = []
+    for dataset in dict.fromkeys(run["dataset"] for run in runs):
+        mine = [run for run in runs if run["dataset"] == dataset and axes_of(run)]
+        names = short_names(axis_keys(mine))
+        for key in names:
+            if numeric_axis(mine, key):
+                path = Path(folder) / f"{dataset}-accuracy-vs-{path_safe(names[key])}.png"
+                accuracy_vs_axis([run for run in mine if key in axes_of(run)], key, path,
+                                 f"{dataset}: test accuracy against {key}")
+                written.append(path)
     return written

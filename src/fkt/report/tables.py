@@ -1,4 +1,4 @@
-"""Results as CSV (one row per run) and Markdown (mean ± std per dataset x arm, paired tests)."""
+"""Results as CSV (one row per run) and Markdown (mean ± std per dataset x axis values x arm, paired tests)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from fkt.io import atomic_write_text
+from fkt.report.axes import axes_of, axis_keys, axis_text, frozen, thawed
 from fkt.report.paper import paper_figures
 from fkt.report.stats import paired_difference
 
@@ -26,9 +27,15 @@ def arm_of(run: dict) -> str:
     return run.get("arm") or run["method"]
 
 
+def csv_value(value):
+    """An axis value in results.csv: null as an empty cell, lists and dicts as JSON."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else axis_text(value)
+
+
 def flat_row(run: dict) -> dict:
-    row = {"dataset": run["dataset"], "arm": arm_of(run), "method": run["method"], "seed": run["seed"],
-           "backbone": run.get("backbone", ""), "val_accuracy": run["val"]["accuracy"]}
+    row = {"dataset": run["dataset"], **{k: csv_value(v) for k, v in axes_of(run).items()}, "arm": arm_of(run),
+           "method": run["method"], "seed": run["seed"], "backbone": run.get("backbone", ""),
+           "val_accuracy": run["val"]["accuracy"]}
     row.update({m: run["test"][m] for m in METRICS + ("qwk", "ece", "nll") if m in run["test"]})
     row.update({f"{k}_accuracy" if k == "knn" else f"{k}_probe_accuracy": v for k, v in run.get("probes", {}).items()})
     if "corruptions" in run:
@@ -45,34 +52,45 @@ def mean_std(values: list[float], scale: float = 100.0) -> str:
     return f"{mean:.2f} ± {statistics.stdev(values) * scale:.2f}"
 
 
-def grouped(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+Group = tuple[str, tuple, str]  # (dataset, frozen axis values, arm)
+
+
+def grouped(runs: list[dict]) -> dict[Group, list[dict]]:
+    """Runs by (dataset, axis values, arm), in the grid's order: the seeds of one table row."""
+    groups: dict[Group, list[dict]] = defaultdict(list)
     for run in runs:
-        groups[(run["dataset"], arm_of(run))].append(flat_row(run))
+        groups[(run["dataset"], frozen(axes_of(run)), arm_of(run))].append(flat_row(run))
     return groups
 
 
+def axis_cells(axes: tuple, keys: list[str]) -> list[str]:
+    """One table cell per grid axis (none without axes, so such tables read as they always did)."""
+    values = thawed(axes)
+    return [axis_text(values[key]) if key in values else "" for key in keys]
+
+
 def results_table(runs: list[dict]) -> str:
-    """One row per (dataset, arm): test metrics as mean ± std over seeds, compute, and the paper's figures."""
-    groups = grouped(runs)
+    """One row per (dataset, axis values, arm): test metrics as mean ± std over seeds, compute, and the
+    paper's figures."""
+    groups, keys = grouped(runs), axis_keys(runs)
     ordinal = any("qwk" in r for rows in groups.values() for r in rows)
-    paper = {key: paper_figures(key[0], key[1], rows[0]["backbone"]) for key, rows in groups.items()}
-    head = ["dataset", "arm", "n", "accuracy %", "precision %", "recall %", "F1 %"]
+    paper = {key: paper_figures(key[0], key[2], rows[0]["backbone"]) for key, rows in groups.items()}
+    head = ["dataset", *keys, "arm", "n", "accuracy %", "precision %", "recall %", "F1 %"]
     head += ["QWK %"] if ordinal else []
     extra = [(key, column) for key, column, _ in EXTRA if any(key in r for rows in groups.values() for r in rows)]
     head += [column for _, column in extra]
     head += ["epochs", "image passes", "train s"]
     head += ["paper accuracy %"] if any(paper.values()) else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (dataset, arm), rows in groups.items():
-        cells = [dataset, arm, str(len(rows))] + [mean_std([r[m] for r in rows]) for m in METRICS]
+    for (dataset, axes, arm), rows in groups.items():
+        cells = [dataset, *axis_cells(axes, keys), arm, str(len(rows))] + [mean_std([r[m] for r in rows]) for m in METRICS]
         if ordinal:
             cells.append(mean_std([r["qwk"] for r in rows]) if "qwk" in rows[0] else "")
         cells += [mean_std([r[key] for r in rows]) if all(key in r for r in rows) else "" for key, _ in extra]
         cells += [str(rows[0]["epochs"]), f"{rows[0]['image_passes']:,}",
                   f"{statistics.fmean(r['train_seconds'] for r in rows):.0f}"]
         if any(paper.values()):
-            figures = paper[(dataset, arm)].get("accuracy")
+            figures = paper[(dataset, axes, arm)].get("accuracy")
             cells.append(f"{figures[0]:.2f} ± {figures[1]:.2f}" if figures else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -83,40 +101,69 @@ def corruption_table(runs: list[dict]) -> str:
     groups = {key: rows for key, rows in grouped(runs).items() if all("corruption_accuracy" in r for r in rows)}
     if not groups:
         return ""
+    keys = axis_keys(runs)
     names = [k[len("corrupted_"):] for k in next(iter(groups.values()))[0] if k.startswith("corrupted_")]
-    head = ["dataset", "arm", "n", "clean %", "mean corrupted %"] + [f"{name} %" for name in names]
+    head = ["dataset", *keys, "arm", "n", "clean %", "mean corrupted %"] + [f"{name} %" for name in names]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (dataset, arm), rows in groups.items():
-        cells = [dataset, arm, str(len(rows)), mean_std([r["accuracy"] for r in rows]),
+    for (dataset, axes, arm), rows in groups.items():
+        cells = [dataset, *axis_cells(axes, keys), arm, str(len(rows)), mean_std([r["accuracy"] for r in rows]),
                  mean_std([r["corruption_accuracy"] for r in rows])]
         cells += [mean_std([r[f"corrupted_{name}"] for r in rows]) for name in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def significance_table(runs: list[dict], metric: str = "accuracy") -> str:
-    """Paired differences of `metric` per dataset (seed s against seed s), in points."""
-    groups = {key: [r for r in rows if metric in r] for key, rows in grouped(runs).items()}
-    groups = {key: rows for key, rows in groups.items() if rows}
-    lines = ["| dataset | comparison | pairs | mean difference (points) | 95% CI | p (paired t) | verdict |",
-             "|---|---|---|---|---|---|---|"]
-    for dataset in dict.fromkeys(d for d, _ in groups):
+def paired_tests(runs: list[dict], metric: str = "accuracy") -> list[tuple[str, tuple, str, str, dict]]:
+    """Each of COMPARISONS within one (dataset, axis values), seed s against seed s:
+    (dataset, axes, arm a, arm b, paired_difference of a - b). Never across axis values."""
+    groups = {key: {r["seed"]: r[metric] for r in rows if metric in r} for key, rows in grouped(runs).items()}
+    groups = {key: by_seed for key, by_seed in groups.items() if by_seed}
+    tests = []
+    for dataset, axes in dict.fromkeys((d, x) for d, x, _ in groups):
         for a, b in COMPARISONS:
-            if (dataset, a) not in groups or (dataset, b) not in groups:
-                continue
-            test = paired_difference({r["seed"]: r[metric] for r in groups[(dataset, a)]},
-                                     {r["seed"]: r[metric] for r in groups[(dataset, b)]})
-            if test["p_value"] is None:
-                ci, p, verdict = "", "", "too few seeds to test"
-            else:
-                ci = f"[{100 * test['ci_low']:+.2f}, {100 * test['ci_high']:+.2f}]"
-                p = f"{test['p_value']:.3g}"
-                higher = a if test["mean_diff"] > 0 else b
-                verdict = (f"{higher} {'worse' if metric == 'ece' else 'better'} (p < 0.05)" if test["significant"]
-                           else "not significant: no difference shown")
-            lines.append(f"| {dataset} | {a} - {b} | {test['n']} | {100 * test['mean_diff']:+.2f} | {ci} | {p} "
-                         f"| {verdict} |")
+            if (dataset, axes, a) in groups and (dataset, axes, b) in groups:
+                test = paired_difference(groups[(dataset, axes, a)], groups[(dataset, axes, b)])
+                tests.append((dataset, axes, a, b, test))
+    return tests
+
+
+def verdict_cells(test: dict, a: str, b: str, metric: str) -> tuple[str, str, str]:
+    """The 95% interval, p-value and verdict of one paired test, as table cells."""
+    if test["p_value"] is None:
+        return "", "", "too few seeds to test"
+    ci = f"[{100 * test['ci_low']:+.2f}, {100 * test['ci_high']:+.2f}]"
+    higher = a if test["mean_diff"] > 0 else b
+    verdict = (f"{higher} {'worse' if metric == 'ece' else 'better'} (p < 0.05)" if test["significant"]
+               else "not significant: no difference shown")
+    return ci, f"{test['p_value']:.3g}", verdict
+
+
+def significance_table(runs: list[dict], metric: str = "accuracy") -> str:
+    """Paired differences of `metric` per dataset and axis values (seed s against seed s), in points."""
+    keys = axis_keys(runs)
+    head = ["dataset", *keys, "comparison", "pairs", "mean difference (points)", "95% CI", "p (paired t)", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for dataset, axes, a, b, test in paired_tests(runs, metric):
+        ci, p, verdict = verdict_cells(test, a, b, metric)
+        cells = [dataset, *axis_cells(axes, keys), f"{a} - {b}", str(test["n"]), f"{100 * test['mean_diff']:+.2f}",
+                 ci, p, verdict]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def shared_pretraining_note(runs: list[dict]) -> str:
+    """Which cells reused another cell's SSL stage (`fkt reproduce` pretrains once where the stage
+    cannot differ); their rows still count that stage's passes and seconds, as if each had run it."""
+    shared = [run for run in runs if run.get("shared_pretraining")]
+    if not shared:
+        return ""
+    lines = ["", "SSL pretraining was shared: each row counts the full cost of its pretraining stage, "
+             "but these runs loaded it from another run instead of training it again:", ""]
+    for run in shared:
+        axes = ", ".join(f"{k}={axis_text(v)}" for k, v in axes_of(run).items())
+        cell = ", ".join(part for part in (run["dataset"], axes, arm_of(run), f"seed {run['seed']}") if part)
+        lines.append(f"- {cell}: the SSL stage of `{run['shared_pretraining']}`")
+    return "\n".join(lines) + "\n"
 
 
 def write_results(out: Path, runs: list[dict]) -> str:
@@ -128,7 +175,7 @@ def write_results(out: Path, runs: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(Path(out) / "results.csv", buffer.getvalue())
-    markdown = "## Test metrics (mean ± std over seeds)\n\n" + results_table(runs)
+    markdown = "## Test metrics (mean ± std over seeds)\n\n" + results_table(runs) + shared_pretraining_note(runs)
     corrupted = corruption_table(runs)
     if corrupted:
         markdown += "\n## Accuracy under common corruptions (mean over 5 severities)\n\n" + corrupted
