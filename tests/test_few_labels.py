@@ -80,7 +80,8 @@ def test_the_pool_carries_no_labels_and_the_joint_step_has_both_streams(fmnist):
     pool_images, images, targets = next(iter(data.train_loader("joint")))
     assert pool_images.shape[0] == 8 and images.shape[0] == 4 and (targets >= 0).all()
     assert len(data.train_loader("joint")) == (12 + data.counts["unlabelled"]) // 8
-    assert len(data.train_loader("labelled")) == 12 // 4
+    labelled_only = list(data.train_loader("labelled"))  # an epoch of as many steps, 4 labelled images each
+    assert len(labelled_only) == len(data.train_loader("joint")) and labelled_only[0][0].shape[0] == 4
 
 
 def test_the_labelled_stream_cycles_through_every_labelled_image_and_depends_on_the_step_alone(fmnist):
@@ -150,7 +151,7 @@ def test_passes_are_counted_per_loss_term(fmnist, tmp_path):
     rep = train(config(fmnist.root, tmp_path / "r", method="representational", labels_per_class=3,
                        labelled_batch_size=4))["compute"]["stages"]
     assert rep["pretrain"]["passes_by_term"] == {"ssl": (pool // 8) * 8 * 2}
-    assert rep["finetune"]["passes_by_term"] == {"ce": 2 * (12 // 4) * 4}
+    assert rep["finetune"]["passes_by_term"] == {"ce": 2 * (pool // 8) * 4}  # an epoch: a pass over the pool
 
 
 @pytest.mark.slow
@@ -235,11 +236,24 @@ def test_with_few_labels_every_arm_gets_the_functional_cells_image_passes(fmnist
     preset["grid"] = {"methods": ["functional", "representational", "supervised-matched"], "seeds": [0],
                       "axes": {"data.labels_per_class": [3, None]}}
     plan = {(c.data.labels_per_class, c.arm): c.trainer for c in cells(build_config(preset), tmp_path)}
-    # 3 a class: 12 labelled of a 64-image pool; functional: 2 epochs x 8 steps of 2 x 8 views + 4 labelled
-    steps, functional_passes = 16, 16 * (2 * 8 + 4)
-    assert (plan[3, "representational"].pretrain_epochs, plan[3, "representational"].epochs) == (2, round(16 / 3))
-    assert plan[3, "supervised-matched"].epochs == round(functional_passes / (3 * 4))
-    representational = 2 * 8 * 16 + plan[3, "representational"].epochs * 3 * 4
-    assert abs(representational - functional_passes) <= 12 and abs(27 * 12 - functional_passes) <= 12
+    # every arm's epoch is a pass over the pool: functional's step is 2 x 8 views + 4 labelled images
+    assert (plan[3, "representational"].pretrain_epochs, plan[3, "representational"].epochs) == (2, 2)
+    assert plan[3, "supervised-matched"].epochs == 2 * (2 * 8 + 4) // 4
     # every image labelled: the epochs of old, three times the functional arm's for supervised-matched
     assert plan[None, "supervised-matched"].epochs == 6 and plan[None, "representational"].epochs == 2
+
+
+@pytest.mark.slow
+def test_with_few_labels_the_matched_arms_make_exactly_the_functional_arms_passes(fmnist, tmp_path):
+    from fkt.reproduce import run_grid
+
+    preset = config(fmnist.root, labels_per_class=3, labelled_batch_size=4).to_dict()
+    preset["trainer"]["epochs"] = 1
+    preset["grid"] = {"methods": ["functional", "representational", "supervised-matched"], "seeds": [0]}
+    preset["evaluate"] = {"probes": []}
+    run_grid(build_config(preset), tmp_path)
+    passes = {run.name.split("-")[-2]: json.loads((run / "metrics.json").read_text())["compute"]
+              for run in (tmp_path / "runs").iterdir()}
+    assert passes["functional"]["passes_by_term"] == {"ssl": 8 * 16, "ce": 8 * 4}  # 64 pool images / 8
+    assert passes["representational"]["passes_by_term"] == {"ssl": 8 * 16, "ce": 8 * 4}
+    assert passes["matched"]["passes_by_term"] == {"ce": 8 * 16 + 8 * 4}

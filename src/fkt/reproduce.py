@@ -7,7 +7,6 @@ Representational cells whose SimCLR stage cannot differ pretrain once (see SSL_I
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import shutil
@@ -76,42 +75,23 @@ def cell_config(config: Config, dataset: str, arm: str, seed: int, out: Path,
     own = build_config(data, f"{where}/seed {seed}")  # its own values first, so that an error names this cell
     if arm == "supervised-matched" or (arm == "representational" and own.data.few_labels):
         functional = cell_config(config, dataset, "functional", seed, out, axes)
-        try:
-            data["trainer"].update(matched_epochs(functional, arm))
-        except UserError as err:
-            raise UserError(f"{where}/seed {seed}: {err}") from None
+        data["trainer"].update(matched_epochs(functional, arm))
     return build_config(data, f"{where}/seed {seed}")
 
 
 def matched_epochs(functional: Config, arm: str) -> dict[str, int]:
     """The epochs that give `arm` the functional cell's image passes. With every image labelled, an epoch
     of each arm has the same steps, so supervised-matched trains passes_per_image times as many. With few
-    labels, functional makes S steps of 2 pool views and a labelled batch; representational pretrains as
-    many pool epochs and fine-tunes for S labelled steps, supervised-matched takes all its passes in
-    labelled steps (epochs rounded, so the passes match to within one epoch; the tables show them)."""
+    labels, every arm's epoch is one pass over the pool (FKTDataModule.train_loader): a functional step
+    costs 2 pool views and a labelled batch, so representational pretrains and fine-tunes as many epochs,
+    and supervised-matched takes (2 x batch + labelled batch) / labelled batch times as many (rounded)."""
     if not functional.data.few_labels:
         return {"epochs": functional.trainer.epochs * passes_per_image(functional)}
-    labelled, pool = training_counts(functional)
-    cfg = functional.data
-    batch, labelled_batch = cfg.batch_size, cfg.labelled_batch_size or cfg.batch_size
-    steps = functional.trainer.epochs * (pool // batch)
-    per_epoch = labelled // labelled_batch
+    epochs, cfg = functional.trainer.epochs, functional.data
+    labelled_batch = cfg.labelled_batch_size or cfg.batch_size
     if arm == "representational":
-        return {"pretrain_epochs": functional.trainer.epochs, "epochs": max(1, round(steps / per_epoch))}
-    return {"epochs": max(1, round(steps * (2 * batch + labelled_batch) / (per_epoch * labelled_batch)))}
-
-
-@functools.lru_cache(maxsize=None)
-def _counts(data_config: str) -> tuple[int, int]:
-    from fkt.data.module import FKTDataModule
-
-    data = FKTDataModule(build_config({"data": json.loads(data_config)}))
-    return data.counts["labelled"], data.counts["labelled"] + data.counts["unlabelled"]
-
-
-def training_counts(config: Config) -> tuple[int, int]:
-    """(labelled images, pool images) of a cell's training split, read once per data setting."""
-    return _counts(json.dumps(config.to_dict()["data"], sort_keys=True))
+        return {"pretrain_epochs": epochs, "epochs": epochs}
+    return {"epochs": max(1, round(epochs * (2 * cfg.batch_size + labelled_batch) / labelled_batch))}
 
 
 def axis_points(config: Config) -> list[dict[str, Any]]:

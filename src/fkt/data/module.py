@@ -196,25 +196,22 @@ class FKTDataModule(pl.LightningDataModule):
     def train_loader(self, stream: str) -> DataLoader:
         """A resumable order of (seed, epoch), one shard per rank, full batches only (every contrastive
         batch the same size, every rank the same steps). `stream`: what the method trains on: the
-        labelled set, the pool of every training image (SSL), or both at once (functional)."""
+        labelled set, the pool of every training image (SSL), or both at once (functional). With few
+        labels an epoch of every stream is one pass over the pool (see JointBatchSampler)."""
         self.setup()
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         labelled, seed = self.sets["train"], self.config.seed
         pool = ConcatDataset(self.pool) if self.pool else labelled
         options = {**self.options([labelled, *self.pool]), "generator": torch.Generator().manual_seed(seed)}
-        if stream == "labelled" or not self.pool:
-            dataset = labelled if stream == "labelled" else pool
-            size = self.labelled_batch if stream == "labelled" else self.config.data.batch_size
-            return ResumableLoader(dataset, batch_size=size, sampler=EpochSampler(len(dataset), seed, rank, world),
-                                   drop_last=True, **options)
         batch = self.config.data.batch_size
-        if stream == "pool":
+        if stream == "pool" or not self.pool:  # every image labelled: one set and batch size for every arm
             return ResumableLoader(pool, batch_size=batch, sampler=EpochSampler(len(pool), seed, rank, world),
                                    drop_last=True, **options)
+        joint = stream == "joint"
         sampler = JointBatchSampler(EpochSampler(len(pool), seed, rank, world), batch, len(labelled),
-                                    self.labelled_batch, offset=len(pool))
-        return ResumableLoader(ConcatDataset([pool, labelled]), batch_sampler=sampler,
-                               collate_fn=JointCollate(batch), **options)
+                                    self.labelled_batch, offset=len(pool) if joint else 0, with_pool=joint)
+        return ResumableLoader(ConcatDataset([pool, labelled]) if joint else labelled, batch_sampler=sampler,
+                               collate_fn=JointCollate(batch) if joint else default_collate, **options)
 
     def train_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module if self.trainer is not None else None

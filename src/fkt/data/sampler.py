@@ -48,14 +48,16 @@ class EpochSampler(Sampler[int]):
 class JointBatchSampler(Sampler[list[int]]):
     """Steps of two streams at once: `batch_size` images of the pool in the order of `sampler` (an
     epoch is one pass over the pool), then `labelled_batch` labelled images (indices offset by
-    `offset`), drawn from an endless chain of permutations of the labelled set.
+    `offset`), drawn from an endless chain of permutations of the labelled set. Without
+    `with_pool`, the labelled images alone, in steps as many as the pool's: with few labels every
+    arm's epoch is then one pass over the pool, and matching their compute is a ratio of epochs.
 
     The labelled images of step t depend on (seed, t, rank) alone, so a run resumed mid-epoch sees
     exactly the labelled images an uninterrupted run sees, however often the labelled set cycles."""
 
     def __init__(self, sampler: EpochSampler, batch_size: int, labelled: int, labelled_batch: int,
-                 offset: int) -> None:
-        self.sampler, self.batch_size = sampler, batch_size
+                 offset: int, with_pool: bool = True) -> None:
+        self.sampler, self.batch_size, self.with_pool = sampler, batch_size, with_pool
         self.labelled, self.labelled_batch, self.offset = labelled, labelled_batch, offset
 
     def __len__(self) -> int:
@@ -75,7 +77,8 @@ class JointBatchSampler(Sampler[list[int]]):
         pool = list(self.sampler)
         for b in range(len(pool) // self.batch_size):
             step = epoch * len(self) + first + b
-            yield pool[b * self.batch_size:(b + 1) * self.batch_size] + self.labelled_indices(step)
+            images = pool[b * self.batch_size:(b + 1) * self.batch_size] if self.with_pool else []
+            yield images + self.labelled_indices(step)
 
 
 class ResumableLoader(DataLoader):
