@@ -442,3 +442,13 @@ def one_error_line(result: subprocess.CompletedProcess, *needles: str, code: int
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+def folder_grid(root: Path, trainer: dict, grid: dict, **sections):
+    """A tiny `fkt reproduce` config on an image-folder layout at 32 px, batch 8, on the CPU."""
+    from fkt.config import build_config
+
+    return build_config({
+        "data": {"dataset": "imagefolder", "root": str(root), "image_size": 32, "batch_size": 8,
+                 "val_fraction": 0.25, "num_workers": 0},
+        "trainer": {"accelerator": "cpu", "progress_bar": False, **trainer}, "grid": grid, **sections})

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import one_error_line
+from conftest import folder_grid, one_error_line
 from fkt.config import build_config
 from fkt.errors import UserError
 from fkt.reproduce import grid_plan, pretraining_sources, run_grid
@@ -202,13 +202,8 @@ def test_without_axes_the_verdicts_still_open_the_report_one_line_per_dataset():
 @pytest.mark.slow
 def test_cells_that_share_a_simclr_stage_pretrain_once_and_still_count_it(make_dataset, tmp_path):
     data = make_dataset("imagefolder", num_classes=3, train_per_class=8, test_per_class=2)
-    config = build_config({
-        "data": {"dataset": "imagefolder", "root": str(data.root), "image_size": 32, "batch_size": 8,
-                 "val_fraction": 0.25, "num_workers": 0},
-        "trainer": {"epochs": 1, "pretrain_epochs": 1, "accelerator": "cpu", "progress_bar": False},
-        "evaluate": {"probes": []},
-        "grid": {"methods": ["representational"], "seeds": [0], "axes": {"trainer.epochs": [1, 2]}},
-    })
+    config = folder_grid(data.root, {"epochs": 1, "pretrain_epochs": 1}, evaluate={"probes": []},
+                         grid={"methods": ["representational"], "seeds": [0], "axes": {"trainer.epochs": [1, 2]}})
     markdown = run_grid(config, tmp_path)
     first, second = (tmp_path / "runs" / f"imagefolder-epochs={e}-representational-seed0" for e in (1, 2))
     ckpt = ("checkpoints", "pretrain", "last.ckpt")

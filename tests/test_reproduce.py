@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from conftest import folder_grid
 
 from fkt.config import build_config
 
@@ -143,12 +144,8 @@ def test_a_different_runs_checkpoint_is_not_resumed(make_dataset, tmp_path):
 
 def test_grid_writes_learning_curves_and_confusion_matrices(make_dataset, tmp_path):
     data = make_dataset("imagefolder", num_classes=3, train_per_class=8, test_per_class=2)
-    config = build_config({
-        "data": {"dataset": "imagefolder", "root": str(data.root), "image_size": 32, "batch_size": 8,
-                 "val_fraction": 0.25, "num_workers": 0},
-        "trainer": {"epochs": 2, "pretrain_epochs": 1, "accelerator": "cpu", "progress_bar": False},
-        "grid": {"methods": ["representational", "functional"], "seeds": [0]},
-    })
+    config = folder_grid(data.root, {"epochs": 2, "pretrain_epochs": 1},
+                         {"methods": ["representational", "functional"], "seeds": [0]})
     run_grid(config, tmp_path)
     from PIL import Image
 
