@@ -130,6 +130,17 @@ ROWS: list[tuple[str, str, str, list[str]]] = [
     ("Files", "Results shared on a cluster", "every file fkt writes gets the mode the umask gives (0644 under 022)",
      ["test_safety.py::test_written_files_follow_the_umask",
       "test_safety.py::test_a_run_directory_is_readable_by_colleagues"]),
+    ("Few labels", "More labels per class than a class has, a labelled fraction outside (0, 1] or beside "
+     "labels per class, a labelled batch larger than the labelled set",
+     "one line naming the flag and the numbers, exit 2, nothing written",
+     ["test_few_labels.py::test_bad_label_budgets_are_one_line_and_write_nothing"]),
+    ("Few labels", "`--unlabelled-root` missing or without images", "one line naming the folder, exit 2, nothing written",
+     ["test_few_labels.py::test_an_unlabelled_folder_without_images_is_refused"]),
+    ("Few labels", "Unreadable images in `--unlabelled-root`", "listed with the rest of the scan and stopped, or "
+     "left out with `--skip-bad-images`", ["test_few_labels.py::test_unlabelled_root_images_join_the_pool_and_bad_ones_are_screened"]),
+    ("Few labels", "SIGKILL mid-epoch of a functional run with two streams (pool and cycling labelled batch)",
+     "the rerun ends with the weights and metrics of an uninterrupted run",
+     ["test_faults.py::test_a_few_label_run_with_two_streams_resumes_exactly_after_sigkill"]),
 ]
 
 
