@@ -54,10 +54,19 @@ class DataConfig(_Strict):
         return self
 
     @property
+    def withholds_labels(self) -> bool:
+        """Some training labels are withheld (labels_per_class, or a labelled_fraction below 1)."""
+        return self.labels_per_class is not None or (self.labelled_fraction or 1) < 1
+
+    @property
     def few_labels(self) -> bool:
         """Some training images are unlabelled: the arms read a labelled set and an image pool."""
-        fraction = self.labelled_fraction is not None and self.labelled_fraction < 1
-        return self.labels_per_class is not None or fraction or self.unlabelled_root is not None
+        return self.withholds_labels or self.unlabelled_root is not None
+
+    @property
+    def labelled_batch(self) -> int:
+        """Labelled images a step: labelled_batch_size with few labels (default batch_size), else batch_size."""
+        return self.labelled_batch_size or self.batch_size if self.few_labels else self.batch_size
 
 
 class ModelConfig(_Strict):

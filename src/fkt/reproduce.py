@@ -88,10 +88,9 @@ def matched_epochs(functional: Config, arm: str) -> dict[str, int]:
     if not functional.data.few_labels:
         return {"epochs": functional.trainer.epochs * passes_per_image(functional)}
     epochs, cfg = functional.trainer.epochs, functional.data
-    labelled_batch = cfg.labelled_batch_size or cfg.batch_size
     if arm == "representational":
         return {"pretrain_epochs": epochs, "epochs": epochs}
-    return {"epochs": max(1, round(epochs * (2 * cfg.batch_size + labelled_batch) / labelled_batch))}
+    return {"epochs": max(1, round(epochs * (2 * cfg.batch_size + cfg.labelled_batch) / cfg.labelled_batch))}
 
 
 def axis_points(config: Config) -> list[dict[str, Any]]:

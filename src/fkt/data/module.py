@@ -119,7 +119,7 @@ class FKTDataModule(pl.LightningDataModule):
         # The pool: the whole training split in its own order, whatever the label budget, so that SSL
         # pretraining is the same for every budget (and a grid can share it), then unlabelled_root.
         pool = [bundle.train.subset(np.array(splits["train"])).without_labels(), bundle.unlabelled]
-        pool = [images for images in pool if images is not None] if self.config.data.few_labels else []
+        pool = [images for images in pool if images is not None] if cfg.few_labels else []
         self.check_sizes(parts["train"], sum(map(len, pool)) or len(parts["train"]), len(splits["train"]), bundle)
         if writes and not saved:  # only once the data is known to be usable
             save_splits(self.split_file, splits, {**meta, "source": bundle.source})
@@ -136,22 +136,17 @@ class FKTDataModule(pl.LightningDataModule):
         saved = self.split_file is not None and self.split_file.exists()
         if saved:
             splits = load_splits(self.split_file, meta)
-            if self.labels_kept() and "labelled" not in splits:
+            if cfg.withholds_labels and "labelled" not in splits:
                 raise UserError(f"{self.split_file}: made with every image labelled; use another --out or delete it")
             return splits, True, meta
         splits = make_splits(bundle.train.targets, bundle.test is not None, cfg.val_fraction,
                              cfg.test_fraction, cfg.limit_train, cfg.split_seed)
-        if self.labels_kept():
+        if cfg.withholds_labels:
             train = np.array(splits["train"])
             kept = labelled_subset(bundle.train.targets[train], cfg.labels_per_class, cfg.labelled_fraction,
                                    cfg.split_seed, bundle.classes)
             splits["labelled"] = train[kept].tolist()
         return splits, False, meta
-
-    def labels_kept(self) -> bool:
-        """Some training labels are withheld (labels_per_class, or a labelled_fraction below 1)."""
-        cfg = self.config.data
-        return cfg.labels_per_class is not None or (cfg.labelled_fraction or 1) < 1
 
     def check_sizes(self, labelled: ImageSet, pool: int, train: int, bundle: DataBundle) -> None:
         cfg = self.config.data
@@ -162,14 +157,9 @@ class FKTDataModule(pl.LightningDataModule):
             bundle.notes.append(note)
         if cfg.batch_size > pool:
             raise UserError(f"data.batch_size={cfg.batch_size} is larger than the training split ({pool} images)")
-        if self.labelled_batch > len(labelled):
+        if cfg.labelled_batch > len(labelled):
             flag = "data.labelled_batch_size" if cfg.labelled_batch_size else "data.batch_size (the labelled batch)"
-            raise UserError(f"{flag}={self.labelled_batch} is larger than the labelled set ({len(labelled)} images)")
-
-    @property
-    def labelled_batch(self) -> int:
-        cfg = self.config.data
-        return cfg.labelled_batch_size or cfg.batch_size if cfg.few_labels else cfg.batch_size
+            raise UserError(f"{flag}={cfg.labelled_batch} is larger than the labelled set ({len(labelled)} images)")
 
     @property
     def counts(self) -> dict[str, int]:
@@ -209,7 +199,8 @@ class FKTDataModule(pl.LightningDataModule):
                                    drop_last=True, **options)
         joint = stream == "joint"
         sampler = JointBatchSampler(EpochSampler(len(pool), seed, rank, world), batch, len(labelled),
-                                    self.labelled_batch, offset=len(pool) if joint else 0, with_pool=joint)
+                                    self.config.data.labelled_batch, offset=len(pool) if joint else 0,
+                                    with_pool=joint)
         return ResumableLoader(ConcatDataset([pool, labelled]) if joint else labelled, batch_sampler=sampler,
                                collate_fn=JointCollate(batch) if joint else default_collate, **options)
 

@@ -73,8 +73,7 @@ class Method(pl.LightningModule):
         self.normalize = Normalize()
         self.contrastive = contrastive_loss(cfg.method.temperature)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.image_passes = 0  # images through the backbone in training steps, all ranks together
-        self.passes_by_term: dict[str, int] = {}  # the same, per loss term
+        self.passes_by_term: dict[str, int] = {}  # images through the backbone in training steps, per loss term
         self.world_size = 1
         self.train_seconds = 0.0  # wall time in fit, carried across a resume
         self._clock: float | None = None
@@ -99,11 +98,13 @@ class Method(pl.LightningModule):
     # --- building blocks the methods compose ------------------------------------------
     def encode(self, images: torch.Tensor, term: str) -> torch.Tensor:
         """Backbone features; every image pushed through here in training counts as one pass of `term`."""
-        if self.training:
-            passes = images.shape[0] * self.world_size  # equal shards on every rank
-            self.image_passes += passes
-            self.passes_by_term[term] = self.passes_by_term.get(term, 0) + passes
+        if self.training:  # all ranks together: equal shards on every rank
+            self.passes_by_term[term] = self.passes_by_term.get(term, 0) + images.shape[0] * self.world_size
         return self.features(images)
+
+    @property
+    def image_passes(self) -> int:
+        return sum(self.passes_by_term.values())
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images.contiguous(memory_format=self.memory_format))
@@ -228,6 +229,7 @@ class Method(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("fkt", {})
-        self.image_passes = info.get("image_passes", 0)
-        self.passes_by_term = dict(info.get("passes_by_term", {}))
+        # a checkpoint from before passes were split by term keeps its total, unsplit
+        old = {"unsplit": info["image_passes"]} if info.get("image_passes") else {}
+        self.passes_by_term = dict(info.get("passes_by_term", old))
         self.train_seconds = info.get("train_seconds", 0.0)

@@ -12,7 +12,6 @@ from fkt.methods.base import Method
 class Functional(Method):
     name = "functional"
     uses_ssl = True
-
     train_data = "joint"
 
     @property
