@@ -40,7 +40,7 @@ from fkt.config import build_config
 from fkt.data.transforms import Normalize, to_float
 from fkt.engine import evaluate_checkpoint
 from fkt.methods import MODULES
-from fkt.objectives import contrastive_loss, weighted_total
+from fkt.objectives import weighted_total
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is not available")
@@ -224,7 +224,7 @@ class StepRecorder(pl.Callback):
         self.record = {"terms": {k: logged[f"train/{k}"] for k in ("ssl", "ce")}, "total": logged["train/loss"],
                        "local_total": float(outputs["loss"]), "grads": self.grads, "buffers": self.buffers,
                        "image_passes": pl_module.image_passes, "world_size": pl_module.world_size,
-                       "gathers": pl_module.contrastive.gather_distributed}
+                       "gathers": pl_module.ssl.loss.gather_distributed}
 
 
 def lightning_step(rank: int, images: torch.Tensor, targets: torch.Tensor) -> dict:
@@ -256,7 +256,7 @@ def ddp_worker(rank: int, port: int, out: str) -> None:
         for name, (batchnorm, gather) in VARIANTS.items():
             method = build_method()
             method.world_size = WORLD  # what Method.setup sets from trainer.world_size ...
-            method.contrastive = contrastive_loss(method.cfg.method.temperature, WORLD if gather else 1)  # ... and this
+            method.ssl.distributed(WORLD if gather else 1)  # ... and this
             if batchnorm == "sync":
                 convert_sync_batchnorm(method)
             model = nn.parallel.DistributedDataParallel(TrainingStep(method))

@@ -185,13 +185,13 @@ def test_exported_model_runs_without_fkt_and_agrees_with_predict(exported, run, 
     assert_close(torch.tensor(answer["logits"], dtype=torch.float32), reference)
 
 
-def test_simclr_stage_exports_and_says_its_classifier_is_untrained(run, tmp_path, fkt_cli):
+def test_ssl_pretraining_stage_exports_and_says_its_classifier_is_untrained(run, tmp_path, fkt_cli):
     result = fkt_cli("export", "--checkpoint", str(run / "checkpoints" / "pretrain" / "last.ckpt"),
                      "--format", "torchscript", "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    assert "SimCLR pretraining stage" in result.stdout and "classifier_trained: false" in result.stdout
+    assert "SSL pretraining stage" in result.stdout and "classifier_trained: false" in result.stdout
     info = json.loads((tmp_path / "out" / "model.json").read_text())
-    assert info["module"] == "simclr" and info["classifier_trained"] is False
+    assert info["module"] == "pretrain" and info["classifier_trained"] is False
     assert info["run_metrics"]["this_checkpoint"] is False  # the run's metrics are those of best.ckpt
     assert info["check"]["real_test_images"] is True
     assert (tmp_path / "out" / "model.pt").is_file()

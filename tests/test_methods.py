@@ -11,7 +11,7 @@ from lightly.utils.lars import LARS
 from fkt.config import Config, build_config, deep_merge
 from fkt.engine import evaluate_checkpoint, train
 from fkt.evaluate import load_checkpoint
-from fkt.methods import Functional, SimCLR, Supervised, stages
+from fkt.methods import Functional, Pretrain, Supervised, stages
 
 
 def tiny_config(**sections) -> Config:
@@ -58,7 +58,7 @@ def test_functional_total_is_ssl_plus_lambda_ce():
 
 
 def test_simclr_pretraining_has_no_cross_entropy_and_leaves_classifier_alone():
-    m = module(SimCLR).train()
+    m = module(Pretrain).train()
     images, targets = batch()
     terms = m.losses(images, targets)
     assert set(terms) == {"ssl"}
@@ -73,7 +73,7 @@ def test_simclr_pretraining_has_no_cross_entropy_and_leaves_classifier_alone():
     "cls, kwargs, optim, expected_type, lr",
     [
         (Supervised, {}, {}, torch.optim.SGD, 0.025),
-        (SimCLR, {}, {}, LARS, 0.001),
+        (Pretrain, {}, {}, LARS, 0.001),
         (Functional, {}, {}, torch.optim.SGD, 0.025),
         (Functional, {}, {"functional": "ssl"}, LARS, 0.001),
     ],
@@ -112,7 +112,7 @@ def test_stages_per_method():
     assert [s.module for s in stages(tiny_config(method={"name": "functional"}))] == [Functional]
     rep = stages(tiny_config(method={"name": "representational", "finetune": "linear"},
                              trainer={"epochs": 3, "pretrain_epochs": 2}))
-    assert [(s.name, s.module, s.epochs) for s in rep] == [("pretrain", SimCLR, 2), ("finetune", Supervised, 3)]
+    assert [(s.name, s.module, s.epochs) for s in rep] == [("pretrain", Pretrain, 2), ("finetune", Supervised, 3)]
     assert rep[1].init_from == "pretrain" and rep[1].freeze_backbone
 
 

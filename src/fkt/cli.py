@@ -26,6 +26,10 @@ class Parser(argparse.ArgumentParser):
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags that map onto config fields (None = keep the file's or the default value)."""
+    from typing import get_args
+
+    from fkt.config import Fusion, SSLObjective
+
     p.add_argument("--config", "--preset", dest="config",
                    help=f"a preset by name ({', '.join(preset_names())}) or a YAML file of your own")
     p.add_argument("--method", dest="method.name", choices=["supervised", "representational", "functional"])
@@ -51,6 +55,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier-input", dest="method.classifier_input", choices=["clean", "weak", "view"])
     p.add_argument("--lambda", dest="method.lambda_ce", type=float)
     p.add_argument("--temperature", dest="method.temperature", type=float)
+    p.add_argument("--ssl", dest="method.ssl", choices=list(get_args(SSLObjective)))
+    p.add_argument("--fusion", dest="method.fusion", choices=list(get_args(Fusion)))
     p.add_argument("--accelerator", dest="trainer.accelerator")
     p.add_argument("--devices", dest="trainer.devices")
     p.add_argument("--num-nodes", dest="trainer.num_nodes", type=int)

@@ -20,6 +20,8 @@ from fkt.errors import UserError
 Method = Literal["supervised", "representational", "functional"]
 # A grid arm: a method, or supervised training for as many image passes as the functional arm.
 Arm = Literal["supervised", "representational", "functional", "supervised-matched"]
+SSLObjective = Literal["simclr", "byol", "simsiam", "barlowtwins", "vicreg", "dino", "moco", "nnclr", "supcon"]
+Fusion = Literal["fixed", "ramp", "uncertainty", "pcgrad"]
 
 
 class _Strict(BaseModel):
@@ -103,7 +105,11 @@ class OptimConfig(_Strict):
 class MethodConfig(_Strict):
     name: Method = "functional"
     lambda_ce: float = Field(1.0, ge=0, description="L = L_ssl + lambda * L_ce")
-    temperature: float = Field(0.5, gt=0)
+    ssl: SSLObjective = Field("simclr", description="the self-supervised objective, in pretraining and jointly")
+    fusion: Fusion = Field("fixed", description="how the joint step combines its SSL and cross-entropy terms")
+    lambda_start: float = Field(0.0, ge=0, description="ramp: lambda at the start, moving to lambda_ce")
+    ramp_epochs: float = Field(10.0, gt=0, description="ramp: epochs over which lambda moves")
+    temperature: float = Field(0.5, gt=0, description="SimCLR's NT-Xent temperature; the other objectives use their own")
     classifier_input: Literal["clean", "weak", "view"] = Field(
         "clean", description="the cross-entropy's input: the image, a weak view (flip, translate), or an SSL view")
     finetune: Literal["full", "linear"] = "full"

@@ -316,7 +316,7 @@ def checkpoint_data(module: Method, checkpoint: Path, data_root: Path | None = N
 def evaluate_checkpoint(checkpoint: Path, dataset: str | None, data_root: Path | None, out: Path | None,
                         probes: list[str] = (), corruptions: bool = False, trust: bool = False) -> dict[str, Any]:
     """Test metrics of a saved checkpoint, on the same split its run used where that is known; with
-    `probes` and `corruptions`, the representation and robustness measures as well. A SimCLR stage
+    `probes` and `corruptions`, the representation and robustness measures as well. An SSL pretraining stage
     has no trained classifier: it gets the k-NN probe instead of test metrics."""
     module = load_checkpoint(checkpoint, trust)
     if dataset is not None and dataset != module.cfg.data.dataset:
@@ -327,15 +327,15 @@ def evaluate_checkpoint(checkpoint: Path, dataset: str | None, data_root: Path |
     device = evaluation_device(module.cfg)
     results: dict[str, Any] = {"checkpoint": str(checkpoint), "dataset": module.cfg.data.dataset,
                                "module": module.name}
-    if module.name == "simclr":
-        print(f"[fkt] {checkpoint}: a SimCLR pretraining stage, whose classifier was never trained: "
+    if not module.trains_classifier:
+        print(f"[fkt] {checkpoint}: an SSL pretraining stage, whose classifier was never trained: "
               "no test metrics or corruption accuracy; its backbone is probed instead", flush=True)
         probes = list(probes) or ["knn"]
     else:
         logits, targets = predict(module, data.loader("test"), device)
         results["test"] = classification_metrics(logits, targets, data.classes, ordinal=data.bundle.ordinal)
     results.update(representation_metrics(module, data, device, module.cfg, list(probes),
-                                          corruptions and module.name != "simclr"))
+                                          corruptions and module.trains_classifier))
     if out is not None:
         atomic_write_json(Path(out) / "eval.json", results)
     return results

@@ -205,7 +205,7 @@ def describe(module: nn.Module, fmt: str, checkpoint: Path, check: dict[str, Any
         "method": cfg.method.name,
         "arm": cfg.arm or cfg.method.name,
         "module": module.name,
-        "classifier_trained": module.name != "simclr",
+        "classifier_trained": module.trains_classifier,
         "method_config": cfg.method.model_dump(mode="json"),
         "dataset": cfg.data.dataset,
         "backbone": cfg.model.backbone,
@@ -232,8 +232,8 @@ def export_checkpoint(checkpoint: Path, fmt: str, out: Path, data_root: Path | N
         require_onnx()
     module = load_checkpoint(checkpoint, trust)
     out = prepare_out(out)
-    if module.name == "simclr":
-        print(f"[fkt] {checkpoint}: a SimCLR pretraining stage, whose classifier was never trained; exported "
+    if not module.trains_classifier:
+        print(f"[fkt] {checkpoint}: an SSL pretraining stage, whose classifier was never trained; exported "
               "anyway (model.json says classifier_trained: false)", flush=True)
     model = RawImageClassifier(module).eval()
     size = image_size(module)

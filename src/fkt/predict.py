@@ -70,8 +70,8 @@ def classify(checkpoint: Path, files: list[Path], batch_size: int, device: torch
     """Class names and softmax probabilities (N, classes) for readable image files."""
     module = load_checkpoint(checkpoint, trust)
     classes = module.hparams.classes or [str(i) for i in range(module.classifier.out_features)]
-    if module.name == "simclr":
-        print(f"[fkt] {checkpoint}: a SimCLR pretraining stage; its classifier was never trained", file=sys.stderr)
+    if not module.trains_classifier:
+        print(f"[fkt] {checkpoint}: an SSL pretraining stage; its classifier was never trained", file=sys.stderr)
     images = ResizedImages(ImageSet(targets=np.zeros(len(files)), files=files), module.cfg.data.image_size)
     loader = DataLoader(images, batch_size=batch_size, num_workers=default_workers(False))
     if progress:

@@ -29,10 +29,11 @@ from fkt.report.verdicts import verdicts_markdown
 # that differ only in them share one pretraining: the label budget and the labelled batch (the SSL
 # stage reads every training image and no label; with another budget it sees the same images in
 # another order), what only fine-tuning or the functional arm reads (epochs, finetune mode, classifier
-# input, cross-entropy weight, their optimizers), what is measured after training (evaluate), and the
+# input, cross-entropy weight and its fusion, their optimizers), what is measured after training (evaluate), and the
 # cell's bookkeeping (arm, out, grid). Names that a config does not have are skipped.
 SSL_IGNORED_FIELDS = ("data.labels_per_class", "data.labelled_fraction", "data.labelled_batch_size",
                       "trainer.epochs", "method.finetune", "method.lambda_ce", "method.classifier_input",
+                      "method.fusion", "method.lambda_start", "method.ramp_epochs",
                       "optim.supervised", "optim.functional", "evaluate", "arm", "out", "grid")
 PRETRAIN_CHECKPOINT = Path("checkpoints") / "pretrain" / "last.ckpt"
 SHARED_MARKER = "shared_pretraining.json"  # in a run directory whose SSL stage came from another cell

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from fkt.config import Config
 from fkt.methods.base import Method
 from fkt.methods.functional import Functional
-from fkt.methods.representational import SimCLR
+from fkt.methods.representational import Pretrain
 from fkt.methods.supervised import Supervised
 
-MODULES: dict[str, type[Method]] = {cls.name: cls for cls in (Supervised, SimCLR, Functional)}
+MODULES: dict[str, type[Method]] = {cls.name: cls for cls in (Supervised, Pretrain, Functional)}
+MODULES["simclr"] = Pretrain  # the pretraining stage's name in checkpoints before other objectives
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,10 @@ def stages(config: Config) -> list[Stage]:
     if config.method.name == "functional":
         return [Stage("train", Functional, epochs)]
     return [
-        Stage("pretrain", SimCLR, config.trainer.pretrain_epochs),
+        Stage("pretrain", Pretrain, config.trainer.pretrain_epochs),
         Stage("finetune", Supervised, epochs, init_from="pretrain",
               freeze_backbone=config.method.finetune == "linear"),
     ]
 
 
-__all__ = ["MODULES", "Method", "Stage", "stages", "Supervised", "SimCLR", "Functional"]
+__all__ = ["MODULES", "Method", "Stage", "stages", "Supervised", "Pretrain", "Functional"]

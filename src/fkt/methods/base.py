@@ -23,8 +23,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from fkt.config import Config, OptimizerConfig
 from fkt.data.transforms import Normalize, SimCLRViews, WeakView
 from fkt.data import dataset_info
-from fkt.models import build_backbone, classifier_head, projection_head
-from fkt.objectives import check_finite, classification_loss, contrastive_loss, weighted_total
+from fkt.models import build_backbone, classifier_head
+from fkt.objectives import check_finite, classification_loss, weighted_total
+from fkt.ssl import build_objective
 
 
 def step_seed(seed: int, method: str, step: int, rank: int) -> int:
@@ -52,6 +53,7 @@ class Method(pl.LightningModule):
 
     name = "method"
     uses_ssl = False
+    trains_classifier = True
     train_data = "labelled"  # or "pool" (every training image, labels unused) or "joint" (both, per step)
     loss_weights: dict[str, float] = {}
 
@@ -65,15 +67,15 @@ class Method(pl.LightningModule):
         self.memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
         self.backbone.to(memory_format=self.memory_format)
         self.classifier = classifier_head(self.feat_dim, num_classes)
-        self.projector = (projection_head(self.feat_dim, cfg.model.proj_hidden_dim, cfg.model.proj_output_dim)
-                          if self.uses_ssl else None)
+        # the SSL objective's heads, loss and teacher (fkt.ssl); the same part in either method
+        self.ssl = build_objective(cfg, self.backbone, self.feat_dim) if self.uses_ssl else None
         size = cfg.data.image_size or dataset_info(cfg.data.dataset).image_size
         self.views = SimCLRViews(size)
         self.weak = WeakView()
         self.normalize = Normalize()
-        self.contrastive = contrastive_loss(cfg.method.temperature)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.passes_by_term: dict[str, int] = {}  # images through the backbone in training steps, per loss term
+        self.teacher_forwards = 0  # images through a momentum teacher (forward only, no backward)
         self.world_size = 1
         self.train_seconds = 0.0  # wall time in fit, carried across a resume
         self._clock: float | None = None
@@ -109,10 +111,14 @@ class Method(pl.LightningModule):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images.contiguous(memory_format=self.memory_format))
 
-    def ssl_term(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """NT-Xent between two random views of each image; also returns the first view's features."""
-        h1, h2 = self.encode(self.views(images), "ssl"), self.encode(self.views(images), "ssl")
-        return self.contrastive(self.projector(h1), self.projector(h2)), h1
+    def teacher_encode(self, backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """A teacher's backbone features, counted apart from the passes (no backward follows)."""
+        self.teacher_forwards += images.shape[0] * self.world_size
+        return backbone(images.contiguous(memory_format=self.memory_format))
+
+    def ssl_term(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objective's loss on views of `images`; also returns the first view's features."""
+        return self.ssl(self, images, targets)
 
     def ce_term(self, images: torch.Tensor, targets: torch.Tensor,
                 view_features: torch.Tensor | None = None) -> torch.Tensor:
@@ -125,6 +131,10 @@ class Method(pl.LightningModule):
             features = self.encode((self.weak if kind == "weak" else self.normalize)(images), "ce")
         return classification_loss(self.classifier(features), targets)
 
+    def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss the step optimises; the functional method fuses its two terms its own way."""
+        return weighted_total(terms, self.loss_weights)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits for normalised images (inference, Grad-CAM)."""
         return self.classifier(self.features(images))
@@ -133,8 +143,8 @@ class Method(pl.LightningModule):
     def setup(self, stage: str) -> None:
         """Before the strategy wraps the model (DDP needs requires_grad settled by then)."""
         self.world_size = self.trainer.world_size
-        if self.world_size > 1:
-            self.contrastive = contrastive_loss(self.cfg.method.temperature, self.world_size)
+        if self.ssl is not None:
+            self.ssl.distributed(self.world_size)
         trainable = {id(p) for p in self.trainable_parameters()}
         for p in self.parameters():
             p.requires_grad_(id(p) in trainable)
@@ -145,6 +155,10 @@ class Method(pl.LightningModule):
         # The views of step s are drawn from a seed of (seed, method, s, rank) alone, so a run
         # resumed at step s draws exactly the views an uninterrupted run draws, on any rank count.
         torch.manual_seed(step_seed(self.cfg.seed, self.name, self.global_step, self.global_rank))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ssl is not None:  # after the optimizer step: a teacher follows its student
+            self.ssl.after_step(self, self.global_step, int(self.trainer.estimated_stepping_batches))
 
     def on_train_start(self) -> None:
         self._clock = time.perf_counter()
@@ -167,7 +181,7 @@ class Method(pl.LightningModule):
         terms = self.losses(images, targets, *pool)
         detached = {k: v.detach() for k, v in terms.items()}
         self._unchecked.append(detached)  # checked before the optimizer step
-        loss = weighted_total(terms, self.loss_weights)
+        loss = self.combine(terms)
         batch_size = images.shape[0]
         # Under DDP each rank's terms are those of its shard; their mean over the ranks (equal
         # shards) is the loss of the global batch, the one the step optimises and the logs report.
@@ -225,11 +239,16 @@ class Method(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["fkt"] = {"module": self.name, "image_passes": self.image_passes,
-                             "passes_by_term": dict(self.passes_by_term), "train_seconds": self.elapsed()}
+                             "passes_by_term": dict(self.passes_by_term), "teacher_forwards": self.teacher_forwards,
+                             "train_seconds": self.elapsed()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("fkt", {})
         # a checkpoint from before passes were split by term keeps its total, unsplit
         old = {"unsplit": info["image_passes"]} if info.get("image_passes") else {}
         self.passes_by_term = dict(info.get("passes_by_term", old))
+        self.teacher_forwards = info.get("teacher_forwards", 0)
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("projector.")]:  # before objectives were parts
+            state["ssl." + key] = state.pop(key)
         self.train_seconds = info.get("train_seconds", 0.0)

@@ -24,7 +24,7 @@ class Functional(Method):
         return {"ssl": ssl, "ce": self.ce_term(images, targets, view_features if pool is None else None)}
 
     def trainable(self):
-        return [self.backbone, self.projector, self.classifier]
+        return [self.backbone, *self.ssl.trainable(), self.classifier]
 
     def optimizer_settings(self):
         return getattr(self.cfg.optim, self.cfg.optim.functional)

@@ -1,4 +1,4 @@
-"""Representational transfer: SimCLR pretraining, then supervised training from those weights.
+"""Representational transfer: SSL pretraining, then supervised training from those weights.
 
 Knowledge passes once, through the weights: the cross-entropy never reaches the
 pretraining, and (with `finetune: linear`) the SSL features are frozen afterwards.
@@ -9,18 +9,19 @@ from __future__ import annotations
 from fkt.methods.base import Method
 
 
-class SimCLR(Method):
-    """Stage one: the contrastive loss alone (the classifier is not trained)."""
+class Pretrain(Method):
+    """Stage one: the SSL objective alone (the classifier is not trained)."""
 
-    name = "simclr"
+    name = "pretrain"
     uses_ssl = True
-    train_data = "pool"  # every training image, labelled or not; the labels are not used
+    trains_classifier = False
+    train_data = "pool"  # every training image, labelled or not; the labels are not used (but by supcon)
 
     def losses(self, images, targets, pool=None):
-        return {"ssl": self.ssl_term(images)[0]}
+        return {"ssl": self.ssl_term(images, targets)[0]}
 
     def trainable(self):
-        return [self.backbone, self.projector]
+        return [self.backbone, *self.ssl.trainable()]
 
     def optimizer_settings(self):
         return self.cfg.optim.ssl

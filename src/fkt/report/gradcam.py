@@ -2,7 +2,7 @@
 
 Grad-CAM (captum's LayerGradCam) explains the predicted class of a classifier from the
 deepest ResNet stage whose maps are still at least 4x4 (at 32 px with the ImageNet stem the
-last stage is 1x1, where a "map" is one number). A SimCLR-pretrained checkpoint has no trained classifier, so for it the map
+last stage is 1x1, where a "map" is one number). An SSL-pretrained checkpoint has no trained classifier, so for it the map
 explains the norm of its projection instead: what its features respond to.
 """
 
@@ -25,7 +25,7 @@ class _ProjectionNorm(nn.Module):
         self.module = module
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.module.projector(self.module.features(images)).norm(dim=1, keepdim=True)
+        return self.module.ssl.projector(self.module.features(images)).norm(dim=1, keepdim=True)
 
 
 def cam_layer(backbone: nn.Module, images: torch.Tensor, min_side: int = 4) -> nn.Module:
@@ -45,9 +45,9 @@ def cam_layer(backbone: nn.Module, images: torch.Tensor, min_side: int = 4) -> n
 
 
 def cam_maps(module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Heat maps in [0, 1] at the image size, and the predicted classes (None for SimCLR)."""
+    """Heat maps in [0, 1] at the image size, and the predicted classes (None for SSL pretraining)."""
     module = module.eval()
-    ssl_only = module.name == "simclr"
+    ssl_only = not module.trains_classifier
     model = _ProjectionNorm(module) if ssl_only else module
     with torch.no_grad():
         preds = None if ssl_only else module(images).argmax(dim=1)
@@ -95,7 +95,7 @@ def pick_images(dataset, count: int, seed: int = 0) -> tuple[torch.Tensor, torch
 
 
 def column_name(module) -> str:
-    return "SSL-pretrained" if module.name == "simclr" else (module.cfg.arm or module.cfg.method.name)
+    return "SSL-pretrained" if not module.trains_classifier else (module.cfg.arm or module.cfg.method.name)
 
 
 def load_columns(checkpoints: list[Path], dataset: str | None, data_root: Path | None, trust: bool = False):
