@@ -214,8 +214,8 @@ def train(config: Config, resume: bool = False, trust: bool = False) -> dict[str
 def train_stages(config: Config, run_dir: Path, data: FKTDataModule, trust: bool = False) -> dict[str, Any] | None:
     """Fit each stage (or reload it where a previous run finished it); None on ranks other than 0."""
     classes = data.classes
-    compute: dict[str, Any] = {"epochs": 0, "image_passes": 0, "passes_by_term": {}, "train_seconds": 0.0,
-                               "stages": {}}
+    compute: dict[str, Any] = {"epochs": 0, "image_passes": 0, "passes_by_term": {}, "teacher_forwards": 0,
+                               "train_seconds": 0.0, "stages": {}}
     plan = stages(config)
     previous: Method | None = None
     is_global_zero = True
@@ -241,11 +241,13 @@ def train_stages(config: Config, run_dir: Path, data: FKTDataModule, trust: bool
         seconds = round(module.train_seconds, 2)
         compute["stages"][stage.name] = {"module": module.name, "epochs": stage.epochs,
                                          "image_passes": passes, "passes_by_term": module.passes_by_term,
+                                         "teacher_forwards": module.teacher_forwards,
                                          "train_seconds": seconds, "resumed": resume is not None}
         for term, count in module.passes_by_term.items():
             compute["passes_by_term"][term] = compute["passes_by_term"].get(term, 0) + count
         compute["epochs"] += stage.epochs
         compute["image_passes"] += passes
+        compute["teacher_forwards"] += module.teacher_forwards
         compute["train_seconds"] += seconds
         previous = module
     compute["train_seconds"] = round(compute["train_seconds"], 2)
