@@ -36,6 +36,7 @@ from fkt.evaluate import classification_metrics, load_checkpoint, predict
 from fkt.io import RunLock, atomic_write_json, is_rank_zero
 from fkt.methods import Method, Stage, stages
 from fkt.objectives import NonFiniteLoss
+from fkt.ssl import check_objective
 
 
 def quiet_lightning() -> None:
@@ -195,6 +196,7 @@ def train(config: Config, resume: bool = False, trust: bool = False) -> dict[str
         raise UserError("--out is required: the run directory to write")
     quiet_lightning()
     config = check_hardware(resolved(config))
+    check_objective(config)
     run_dir = Path(config.out)
     if resume and not any_checkpoint(run_dir):
         raise UserError(f"--resume: no checkpoint under {run_dir / 'checkpoints'} to resume from")

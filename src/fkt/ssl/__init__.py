@@ -11,10 +11,14 @@ from fkt.ssl.simclr import SimCLR
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SimCLR,)}
 
 
+def check_objective(config: Config) -> None:
+    """One line naming the field where the configured objective cannot run; only where a stage uses it."""
+    if config.method.name != "supervised":
+        OBJECTIVES[config.method.ssl].check(config)
+
+
 def build_objective(config: Config, backbone: nn.Module, feat_dim: int) -> Objective:
-    objective = OBJECTIVES[config.method.ssl](backbone, feat_dim, config)
-    objective.check(config)
-    return objective
+    return OBJECTIVES[config.method.ssl](backbone, feat_dim, config)
 
 
-__all__ = ["OBJECTIVES", "MomentumObjective", "Objective", "build_objective"]
+__all__ = ["OBJECTIVES", "MomentumObjective", "Objective", "build_objective", "check_objective"]

@@ -23,11 +23,13 @@ if TYPE_CHECKING:
 
 
 class Objective(nn.Module):
-    """Subclasses set `name` and implement `forward`; `chance` where the loss has a known
-    value for a network that has learnt nothing (the no-learning check uses it)."""
+    """Subclasses set `name` and implement `forward`. The no-learning check reads `floor` (the
+    lowest value the loss can take) and `chance` (its value for a network that has learnt nothing,
+    where that is known)."""
 
     name = ""
     uses_labels = False  # supcon: the labelled images' classes are its positives
+    floor = 0.0
 
     def __init__(self, backbone: nn.Module, feat_dim: int, config: Config) -> None:
         super().__init__()
@@ -53,8 +55,10 @@ class Objective(nn.Module):
     def chance(self, batch_size: int) -> float | None:
         return None
 
-    def check(self, config: Config) -> None:
-        """Raise UserError, naming the field, where the objective cannot run with these settings."""
+    @classmethod
+    def check(cls, config: Config) -> None:
+        """Raise UserError, naming the field, where the objective cannot run with these settings
+        (called before a run writes anything)."""
 
     def distributed(self, world_size: int) -> None:
         """Called once the rank count is known, for losses that gather across ranks."""
