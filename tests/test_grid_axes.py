@@ -10,7 +10,7 @@ import pytest
 from conftest import folder_grid, one_error_line
 from fkt.config import build_config
 from fkt.errors import UserError
-from fkt.reproduce import grid_plan, pretraining_sources, run_grid
+from fkt.reproduce import copy_sources, grid_plan, pretraining_sources, run_grid
 from fkt.report.tables import results_table, significance_table, write_results
 
 # supervised, not representational: with few labels a representational cell's epochs are matched to the
@@ -219,3 +219,31 @@ def test_cells_that_share_a_simclr_stage_pretrain_once_and_still_count_it(make_d
     assert "SSL pretraining was shared" in markdown and note in markdown
     assert "| imagefolder | 2 | representational | 1 |" in markdown
     assert note in run_grid(config, tmp_path)  # read back from finished cells, the same
+
+
+def test_supervised_cells_that_cannot_differ_are_copies_of_the_first():
+    config = build_config({"grid": {"methods": ["functional", "supervised-matched", "representational"],
+                                    "seeds": [0], "axes": {"method.lambda_ce": [0.5, 1.0],
+                                                           "method.temperature": [0.2, 0.5]}}})
+    copies = copy_sources(grid_plan(config, "out"))
+    first = "out/runs/fashion-mnist-lambda_ce=0.5-temperature=0.2-supervised-matched-seed0"
+    assert {str(k): str(v) for k, v in copies.items()} == {
+        f"out/runs/fashion-mnist-lambda_ce={lam}-temperature={t}-supervised-matched-seed0": first
+        for lam, t in [(0.5, 0.5), (1.0, 0.2), (1.0, 0.5)]}
+    # an axis supervised training reads is never copied across
+    epochs = build_config({"grid": {"methods": ["supervised"], "seeds": [0], "axes": {"trainer.epochs": [1, 2]}}})
+    assert copy_sources(grid_plan(epochs, "out")) == {}
+
+
+@pytest.mark.slow
+def test_a_copied_cell_keeps_its_own_axes_and_names_its_source(make_dataset, tmp_path):
+    data = make_dataset("imagefolder", num_classes=3, train_per_class=8, test_per_class=2)
+    config = folder_grid(data.root, {"epochs": 1}, evaluate={"probes": []},
+                         grid={"methods": ["supervised"], "seeds": [0], "axes": {"method.lambda_ce": [0.5, 1.0]}})
+    run_grid(config, tmp_path)
+    first, second = (tmp_path / "runs" / f"imagefolder-lambda_ce={v}-supervised-seed0" for v in (0.5, 1.0))
+    best = ("checkpoints", "best.ckpt")
+    assert first.joinpath(*best).read_bytes() == second.joinpath(*best).read_bytes()
+    one, two = (json.loads((d / "metrics.json").read_text()) for d in (first, second))
+    assert two["axes"] == {"method.lambda_ce": 1.0} and two["copy_of"] == first.name and "copy_of" not in one
+    assert two["test"] == one["test"] and not list(tmp_path.glob("runs/*.copying"))

@@ -2,7 +2,9 @@
 
 A cell whose metrics.json exists is not run again, and a cell that was interrupted
 resumes from its last checkpoint, so rerunning the same command finishes the grid.
-Representational cells whose SimCLR stage cannot differ pretrain once (see SSL_IGNORED_FIELDS).
+Representational cells whose SSL stage cannot differ pretrain once (see SSL_IGNORED_FIELDS), and a
+supervised cell that would train exactly what an earlier one trained (an axis over the SSL objective or
+the fusion does not touch it) is a copy of that cell (see SUPERVISED_IGNORED_FIELDS).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from fkt.report.gradcam import cam_from_checkpoints, column_name, load_columns
 from fkt.report.page import write_report
 from fkt.report.tables import arm_of, write_results
 from fkt.report.verdicts import verdicts_markdown
+from fkt.ssl import check_objective
 
-# Fields that cannot change what a representational cell's SimCLR stage learns, so cells of one grid
+# Fields that cannot change what a representational cell's SSL stage learns, so cells of one grid
 # that differ only in them share one pretraining: the label budget and the labelled batch (the SSL
 # stage reads every training image and no label; with another budget it sees the same images in
 # another order), what only fine-tuning or the functional arm reads (epochs, finetune mode, classifier
@@ -35,8 +38,14 @@ SSL_IGNORED_FIELDS = ("data.labels_per_class", "data.labelled_fraction", "data.l
                       "trainer.epochs", "method.finetune", "method.lambda_ce", "method.classifier_input",
                       "method.fusion", "method.lambda_start", "method.ramp_epochs",
                       "optim.supervised", "optim.functional", "evaluate", "arm", "out", "grid")
+# Fields supervised training never reads: cells that differ only in them train the same network.
+SUPERVISED_IGNORED_FIELDS = ("method.ssl", "method.fusion", "method.lambda_ce", "method.lambda_start",
+                             "method.ramp_epochs", "method.temperature", "optim.ssl", "optim.functional",
+                             "model.proj_hidden_dim", "model.proj_output_dim", "trainer.pretrain_epochs",
+                             "out", "grid")
 PRETRAIN_CHECKPOINT = Path("checkpoints") / "pretrain" / "last.ckpt"
 SHARED_MARKER = "shared_pretraining.json"  # in a run directory whose SSL stage came from another cell
+COPY_MARKER = "copy_of.json"  # in a run directory copied from an identical earlier cell
 
 
 class Cell(NamedTuple):
@@ -107,6 +116,7 @@ def grid_plan(config: Config, out: Path) -> list[Cell]:
             for axes in axis_points(config) for arm in config.grid.methods for seed in config.grid.seeds]
     seen: dict[Path, Cell] = {}
     for cell in plan:
+        check_objective(cell.config)
         other = seen.setdefault(Path(cell.config.out), cell)
         if other is not cell:
             raise UserError(f"grid.axes: {other.axes} and {cell.axes} would share the run directory "
@@ -118,10 +128,10 @@ def cells(config: Config, out: Path) -> list[Config]:
     return [cell.config for cell in grid_plan(config, out)]
 
 
-def pretraining_signature(config: Config) -> str:
-    """What a SimCLR stage depends on: the whole config but SSL_IGNORED_FIELDS, as one comparable string."""
+def signature(config: Config, ignored: tuple[str, ...]) -> str:
+    """What training depends on: the whole config but the `ignored` fields, as one comparable string."""
     data = config.to_dict()
-    for field in SSL_IGNORED_FIELDS:
+    for field in ignored:
         *sections, leaf = field.split(".")
         node = data
         for section in sections:
@@ -130,22 +140,41 @@ def pretraining_signature(config: Config) -> str:
     return json.dumps(data, sort_keys=True, default=str)
 
 
-def pretraining_sources(plan: list[Cell]) -> dict[Path, Path]:
-    """Run directory -> the earlier cell's run directory that trains the same SimCLR stage, for each
-    representational cell that can reuse one (same dataset and seed, nothing else that matters differs)."""
+def earlier_twins(plan: list[Cell], method: str, ignored: tuple[str, ...]) -> dict[Path, Path]:
+    """Run directory -> the first cell's run directory whose training (with `method`) cannot differ
+    from it: same dataset and seed, nothing else that matters differs."""
     first: dict[str, Path] = {}
     sources = {}
     for cell in plan:
-        if cell.config.method.name == "representational":
+        if cell.config.method.name == method:
             here = Path(cell.config.out)
-            source = first.setdefault(pretraining_signature(cell.config), here)
+            source = first.setdefault(signature(cell.config, ignored), here)
             if source != here:
                 sources[here] = source
     return sources
 
 
+def pretraining_sources(plan: list[Cell]) -> dict[Path, Path]:
+    return earlier_twins(plan, "representational", SSL_IGNORED_FIELDS)
+
+
+def copy_sources(plan: list[Cell]) -> dict[Path, Path]:
+    return earlier_twins(plan, "supervised", SUPERVISED_IGNORED_FIELDS)
+
+
+def copy_run(run_dir: Path, source: Path) -> None:
+    """`source`'s finished run directory as `run_dir` (checkpoints, logs, metrics), marked as a copy;
+    whole or not at all (a partial copy from an interrupted grid is replaced)."""
+    partial = run_dir.with_name(run_dir.name + ".copying")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns("*.lock", COPY_MARKER))
+    atomic_write_json(partial / COPY_MARKER, {"from": source.name})
+    shutil.rmtree(run_dir, ignore_errors=True)
+    partial.rename(run_dir)
+
+
 def share_pretraining(run_dir: Path, source: Path) -> bool:
-    """Copy `source`'s SimCLR stage into `run_dir` before that cell trains: the engine then finds a finished
+    """Copy `source`'s SSL stage into `run_dir` before that cell trains: the engine then finds a finished
     stage and loads it instead of training it again (its passes and seconds come with it). Never over a
     stage the cell has of its own. Every DDP rank copies (atomically), so none can miss it."""
     target = run_dir / PRETRAIN_CHECKPOINT
@@ -160,9 +189,12 @@ def share_pretraining(run_dir: Path, source: Path) -> bool:
 
 def annotated(run: dict, cell: Cell) -> dict:
     """A run's result with what the grid knows and the engine does not: its axis values (from the cell,
-    whatever metrics.json says) and the cell whose SimCLR stage it reused, if any."""
+    whatever metrics.json says), the cell whose SSL stage it reused, and the cell it is a copy of, if any."""
     run = {**run, "axes": dict(cell.axes)}
     run.pop("shared_pretraining", None)
+    copied = Path(cell.config.out) / COPY_MARKER
+    if copied.exists():
+        run["copy_of"] = json.loads(copied.read_text())["from"]
     marker = Path(cell.config.out) / SHARED_MARKER
     if marker.exists() and (Path(cell.config.out) / PRETRAIN_CHECKPOINT).exists():
         run["shared_pretraining"] = json.loads(marker.read_text())["from"]
@@ -174,10 +206,10 @@ def run_grid(config: Config, out: Path) -> str:
     out = Path(out)
     if not is_rank_zero():  # other DDP ranks train the cells with rank 0; rank 0 alone reports
         plan = grid_plan(config, out)
-        sources = pretraining_sources(plan)
+        sources, copies = pretraining_sources(plan), copy_sources(plan)
         for cell in plan:
             run_dir = Path(cell.config.out)
-            if not (run_dir / "metrics.json").exists():
+            if not (run_dir / "metrics.json").exists() and run_dir not in copies:  # rank 0 copies those
                 if run_dir in sources:
                     share_pretraining(run_dir, sources[run_dir])
                 train(cell.config)
@@ -188,8 +220,8 @@ def run_grid(config: Config, out: Path) -> str:
 
 def run_cells(config: Config, out: Path) -> str:
     plan = grid_plan(config, out)  # every cell is validated before the first one trains
-    sources = pretraining_sources(plan)
-    runs = [run_cell(cell, sources.get(Path(cell.config.out))) for cell in plan]
+    sources, copies = pretraining_sources(plan), copy_sources(plan)
+    runs = [run_cell(cell, sources.get(Path(cell.config.out)), copies.get(Path(cell.config.out))) for cell in plan]
     run_dirs = [Path(cell.config.out) for cell in plan]
     grid_figures(out, runs, run_dirs)
     cams_and_embeddings(out, runs, run_dirs)
@@ -198,14 +230,21 @@ def run_cells(config: Config, out: Path) -> str:
     return markdown
 
 
-def run_cell(cell: Cell, source: Path | None) -> dict:
-    """One cell's result: read back where it is done, else trained (on `source`'s SimCLR stage where
-    there is one); metrics.json then also records the cell's axis values."""
+def run_cell(cell: Cell, source: Path | None, twin: Path | None = None) -> dict:
+    """One cell's result: read back where it is done, copied where an earlier `twin` trained the same,
+    else trained (on `source`'s SSL stage where there is one); metrics.json then also records the
+    cell's axis values."""
     run_dir = Path(cell.config.out)
     metrics_file = run_dir / "metrics.json"
     if metrics_file.exists():
         print(f"[fkt] {run_dir}: done already, skipped", flush=True)
         return annotated(json.loads(metrics_file.read_text()), cell)
+    if twin is not None:
+        print(f"[fkt] {run_dir}: trains what {twin} trained; copied", flush=True)
+        copy_run(run_dir, twin)
+        run = annotated(json.loads(metrics_file.read_text()), cell)
+        atomic_write_json(metrics_file, run)
+        return run
     if source is not None and share_pretraining(run_dir, source):
         print(f"[fkt] {run_dir}: reusing the SSL pretraining of {source}", flush=True)
     print(f"[fkt] training {cell.config.arm} on {cell.config.data.dataset}, seed {cell.config.seed} -> {run_dir}",
