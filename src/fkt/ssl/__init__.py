@@ -6,9 +6,18 @@ from torch import nn
 
 from fkt.config import Config
 from fkt.ssl.base import MomentumObjective, Objective
+from fkt.ssl.barlowtwins import BarlowTwins
+from fkt.ssl.byol import BYOL
+from fkt.ssl.dino import DINO
+from fkt.ssl.moco import MoCo
+from fkt.ssl.nnclr import NNCLR
 from fkt.ssl.simclr import SimCLR
+from fkt.ssl.simsiam import SimSiam
+from fkt.ssl.supcon import SupCon
+from fkt.ssl.vicreg import VICReg
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SimCLR,)}
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (
+    SimCLR, BYOL, SimSiam, BarlowTwins, VICReg, DINO, MoCo, NNCLR, SupCon)}
 
 
 def check_objective(config: Config) -> None:
