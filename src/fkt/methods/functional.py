@@ -1,11 +1,15 @@
-"""Functional transfer: L = L_ssl + lambda * L_ce in one step, one backward, one shared backbone.
+"""Functional transfer: L = L_ssl + lambda * L_ce in one step, on one shared backbone.
 
 Against representational transfer the whole difference is here: both terms are made
-in the same step, so both gradients shape the backbone at once.
+in the same step, so both gradients shape the backbone at once. How the two are fused
+(a fixed or ramped lambda, learned weights, PCGrad) is a part of its own, `fkt.fusion`.
 """
 
 from __future__ import annotations
 
+import torch
+
+from fkt.fusion import TERMS, build_fusion, check_fusion, split_backward
 from fkt.methods.base import Method
 
 
@@ -14,17 +18,60 @@ class Functional(Method):
     uses_ssl = True
     train_data = "joint"
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fusion = build_fusion(self.cfg.method)
+        self._terms: dict[str, torch.Tensor] | None = None  # this step's, for backward
+        self._grad_cosine: torch.Tensor | None = None
+
     @property
     def loss_weights(self):
         return {"ce": self.cfg.method.lambda_ce}
 
     def losses(self, images, targets, pool=None):
         # `pool`: where some training images are unlabelled, the SSL term's own batch of every image
-        ssl, view_features = self.ssl_term(images if pool is None else pool)
+        ssl, view_features = self.ssl_term(images, targets) if pool is None else self.ssl_term(pool)
         return {"ssl": ssl, "ce": self.ce_term(images, targets, view_features if pool is None else None)}
 
+    def combine(self, terms):
+        self._terms = terms  # backward takes them apart again
+        epoch = self.epochs_done
+        if self.log_step:
+            weights = self.fusion.weights(epoch)
+            self.log_dict({f"fusion/weight_{k}": float(weights[k]) for k in TERMS}, on_step=True, on_epoch=False)
+        return self.fusion(terms, epoch)
+
+    def backward(self, loss, *args, **kwargs):
+        """PCGrad's backbone gradient and, on log steps, the cosine between the terms' gradients
+        need each term's backbone gradient apart (`fkt.fusion.split_backward`)."""
+        terms, self._terms = self._terms, None  # hold no graph past this step
+        done = False
+        if self.fusion.projects or self.log_step:
+            done, self._grad_cosine = split_backward(self, loss, terms, self.log_step)
+        if not done:
+            super().backward(loss, *args, **kwargs)
+
+    def on_after_backward(self):
+        if self._grad_cosine is not None:  # logged here: Lightning takes no logs from backward
+            self.log("fusion/grad_cosine", self._grad_cosine, on_step=True, on_epoch=False)
+            self._grad_cosine = None
+
+    @property
+    def log_step(self) -> bool:
+        """A step Lightning writes logs on (it tests its batches-stepped count + 1, the global step + 1 here)."""
+        return self._trainer is not None and (self.global_step + 1) % self.trainer.log_every_n_steps == 0
+
+    @property
+    def epochs_done(self) -> float:
+        """Fractional epochs: the global step over the steps an epoch, so a resumed run sees the same value."""
+        return self.global_step / max(1, self.trainer.num_training_batches) if self._trainer is not None else 0.0
+
+    def setup(self, stage):
+        super().setup(stage)
+        check_fusion(self.cfg, self.world_size)  # in case the run's own check guessed the device count wrong
+
     def trainable(self):
-        return [self.backbone, *self.ssl.trainable(), self.classifier]
+        return [self.backbone, *self.ssl.trainable(), self.classifier, self.fusion]
 
     def optimizer_settings(self):
         return getattr(self.cfg.optim, self.cfg.optim.functional)
