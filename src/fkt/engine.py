@@ -7,7 +7,9 @@ Layout of a run directory:
                          checkpoints/<stage>/last.ckpt for earlier stages (SimCLR pretraining)
     logs/<stage>/        Lightning's CSV log (metrics.csv)
     tb/<stage>/          TensorBoard events
-    metrics.json         test metrics of the best checkpoint, val accuracy, compute
+    metrics.json         test metrics of the best checkpoint, val accuracy, compute (per SSL stage its
+                         term's start and end: compute.stages.<stage>.ssl), warnings (an SSL stage
+                         that did not learn, fkt.learning)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,8 +37,10 @@ from fkt.data.module import FKTDataModule
 from fkt.errors import UserError
 from fkt.evaluate import classification_metrics, load_checkpoint, predict
 from fkt.io import RunLock, atomic_write_json, is_rank_zero
+from fkt.learning import stage_warning
 from fkt.methods import Method, Stage, stages
 from fkt.objectives import NonFiniteLoss
+from fkt.fusion import check_fusion
 from fkt.ssl import check_objective
 
 
@@ -197,6 +202,7 @@ def train(config: Config, resume: bool = False, trust: bool = False) -> dict[str
     quiet_lightning()
     config = check_hardware(resolved(config))
     check_objective(config)
+    check_fusion(config)
     run_dir = Path(config.out)
     if resume and not any_checkpoint(run_dir):
         raise UserError(f"--resume: no checkpoint under {run_dir / 'checkpoints'} to resume from")
@@ -245,6 +251,12 @@ def train_stages(config: Config, run_dir: Path, data: FKTDataModule, trust: bool
                                          "image_passes": passes, "passes_by_term": module.passes_by_term,
                                          "teacher_forwards": module.teacher_forwards,
                                          "train_seconds": seconds, "resumed": resume is not None}
+        progress = module.ssl_progress()
+        if progress is not None:  # an SSL stage that ran to its end without learning must not pass unnoticed
+            warning = stage_warning(stage.name, progress)
+            compute["stages"][stage.name]["ssl"] = {**progress, "warning": warning}
+            if warning is not None and is_rank_zero():
+                print(f"[fkt] warning: {warning}", file=sys.stderr, flush=True)
         for term, count in module.passes_by_term.items():
             compute["passes_by_term"][term] = compute["passes_by_term"].get(term, 0) + count
         compute["epochs"] += stage.epochs
@@ -274,6 +286,9 @@ def evaluate_run(config: Config, run_dir: Path, data: FKTDataModule, compute: di
     results.update(representation_metrics(best, data, device, config))
     results["images"] = data.counts  # training images with and without labels
     results["compute"] = compute
+    # each SSL stage whose term did not learn (fkt.learning), in one line each; empty where all did
+    results["warnings"] = [stage["ssl"]["warning"] for stage in compute["stages"].values()
+                           if (stage.get("ssl") or {}).get("warning")]
     results["classes"] = data.classes
     results["data_notes"] = bundle.notes
     skipped = getattr(bundle, "skipped", [])

@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from fkt.config import Config, OptimizerConfig
 from fkt.data.transforms import Normalize, SimCLRViews, WeakView
 from fkt.data import dataset_info
+from fkt.learning import LossTrack
 from fkt.models import build_backbone, classifier_head
 from fkt.objectives import check_finite, classification_loss, weighted_total
 from fkt.ssl import build_objective
@@ -80,6 +81,8 @@ class Method(pl.LightningModule):
         self.train_seconds = 0.0  # wall time in fit, carried across a resume
         self._clock: float | None = None
         self._unchecked: list[dict[str, torch.Tensor]] = []  # loss terms since the last optimizer step
+        self.ssl_track = LossTrack()  # the SSL term at the stage's start and end (fkt.learning)
+        self._total_steps: int | None = None
 
     # --- what a method defines -------------------------------------------------------
     def losses(self, images: torch.Tensor, targets: torch.Tensor,
@@ -156,12 +159,22 @@ class Method(pl.LightningModule):
         # resumed at step s draws exactly the views an uninterrupted run draws, on any rank count.
         torch.manual_seed(step_seed(self.cfg.seed, self.name, self.global_step, self.global_rank))
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ssl is not None:  # after the optimizer step: a teacher follows its student
-            self.ssl.after_step(self, self.global_step, int(self.trainer.estimated_stepping_batches))
-
     def on_train_start(self) -> None:
         self._clock = time.perf_counter()
+        self._total_steps = int(self.trainer.estimated_stepping_batches)
+
+    def ssl_progress(self) -> dict[str, Any] | None:
+        """The SSL term at this stage's start and end, with what the no-learning check needs to judge it."""
+        summary = self.ssl_track.summary() if self.ssl is not None else None
+        if summary is None:
+            return None
+        # the batch whose other images are the negatives: under DDP, every rank's (SimCLR gathers them)
+        batch = self.cfg.data.batch_size * self.world_size
+        settings = self.optimizer_settings()
+        section = next((f"optim.{name}" for name in ("ssl", "supervised")
+                        if getattr(self.cfg.optim, name) is settings), "optim")
+        return {"objective": self.ssl.name, **summary, "floor": self.ssl.floor, "chance": self.ssl.chance(batch),
+                "optimizer": f"{section} ({settings.name}, lr {settings.lr:g})"}
 
     def on_train_end(self) -> None:
         self.train_seconds = self.elapsed()
@@ -181,6 +194,8 @@ class Method(pl.LightningModule):
         terms = self.losses(images, targets, *pool)
         detached = {k: v.detach() for k, v in terms.items()}
         self._unchecked.append(detached)  # checked before the optimizer step
+        if self.ssl is not None and "ssl" in detached and self._total_steps is not None:
+            self.ssl_track.add(self.global_step, detached["ssl"], self._total_steps)
         loss = self.combine(terms)
         batch_size = images.shape[0]
         # Under DDP each rank's terms are those of its shard; their mean over the ranks (equal
@@ -240,7 +255,7 @@ class Method(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["fkt"] = {"module": self.name, "image_passes": self.image_passes,
                              "passes_by_term": dict(self.passes_by_term), "teacher_forwards": self.teacher_forwards,
-                             "train_seconds": self.elapsed()}
+                             "train_seconds": self.elapsed(), "ssl_track": self.ssl_track.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("fkt", {})
@@ -252,3 +267,5 @@ class Method(pl.LightningModule):
         for key in [k for k in state if k.startswith("projector.")]:  # before objectives were parts
             state["ssl." + key] = state.pop(key)
         self.train_seconds = info.get("train_seconds", 0.0)
+        if "ssl_track" in info:  # not in checkpoints from before the no-learning check
+            self.ssl_track.load_state_dict(info["ssl_track"])

@@ -42,6 +42,8 @@ def flat_row(run: dict) -> dict:
         row["corruption_accuracy"] = run["corruptions"]["mean_accuracy"]
         row.update({f"corrupted_{name}": v for name, v in run["corruptions"]["per_corruption"].items()})
     row.update({k: run["compute"][k] for k in ("epochs", "image_passes", "train_seconds")})
+    if "warnings" in run:  # SSL stages that did not learn (their lines are in results.md)
+        row["warnings"] = len(run["warnings"])
     return row
 
 
@@ -53,13 +55,27 @@ def mean_std(values: list[float], scale: float = 100.0) -> str:
 
 
 Group = tuple[str, tuple, str]  # (dataset, frozen axis values, arm)
+WARNED = "\u26a0"  # beside an arm some of whose runs have an SSL stage that did not learn (metrics.json `warnings`)
+
+
+def group_of(run: dict) -> Group:
+    return run["dataset"], frozen(axes_of(run)), arm_of(run)
+
+
+def warned_groups(runs: list[dict]) -> set[Group]:
+    """The table rows holding at least one run whose SSL term did not learn."""
+    return {group_of(run) for run in runs if run.get("warnings")}
+
+
+def arm_cell(group: Group, warned: set[Group]) -> str:
+    return f"{group[2]} {WARNED}" if group in warned else group[2]
 
 
 def grouped(runs: list[dict]) -> dict[Group, list[dict]]:
     """Runs by (dataset, axis values, arm), in the grid's order: the seeds of one table row."""
     groups: dict[Group, list[dict]] = defaultdict(list)
     for run in runs:
-        groups[(run["dataset"], frozen(axes_of(run)), arm_of(run))].append(flat_row(run))
+        groups[group_of(run)].append(flat_row(run))
     return groups
 
 
@@ -72,7 +88,7 @@ def axis_cells(axes: tuple, keys: list[str]) -> list[str]:
 def results_table(runs: list[dict]) -> str:
     """One row per (dataset, axis values, arm): test metrics as mean ± std over seeds, compute, and the
     paper's figures."""
-    groups, keys = grouped(runs), axis_keys(runs)
+    groups, keys, warned = grouped(runs), axis_keys(runs), warned_groups(runs)
     ordinal = any("qwk" in r for rows in groups.values() for r in rows)
     paper = {key: paper_figures(key[0], key[2], rows[0]["backbone"]) for key, rows in groups.items()}
     head = ["dataset", *keys, "arm", "n", "accuracy %", "precision %", "recall %", "F1 %"]
@@ -83,7 +99,8 @@ def results_table(runs: list[dict]) -> str:
     head += ["paper accuracy %"] if any(paper.values()) else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (dataset, axes, arm), rows in groups.items():
-        cells = [dataset, *axis_cells(axes, keys), arm, str(len(rows))] + [mean_std([r[m] for r in rows]) for m in METRICS]
+        cells = [dataset, *axis_cells(axes, keys), arm_cell((dataset, axes, arm), warned), str(len(rows))]
+        cells += [mean_std([r[m] for r in rows]) for m in METRICS]
         if ordinal:
             cells.append(mean_std([r["qwk"] for r in rows]) if "qwk" in rows[0] else "")
         cells += [mean_std([r[key] for r in rows]) if all(key in r for r in rows) else "" for key, _ in extra]
@@ -101,12 +118,13 @@ def corruption_table(runs: list[dict]) -> str:
     groups = {key: rows for key, rows in grouped(runs).items() if all("corruption_accuracy" in r for r in rows)}
     if not groups:
         return ""
-    keys = axis_keys(runs)
+    keys, warned = axis_keys(runs), warned_groups(runs)
     names = [k[len("corrupted_"):] for k in next(iter(groups.values()))[0] if k.startswith("corrupted_")]
     head = ["dataset", *keys, "arm", "n", "clean %", "mean corrupted %"] + [f"{name} %" for name in names]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (dataset, axes, arm), rows in groups.items():
-        cells = [dataset, *axis_cells(axes, keys), arm, str(len(rows)), mean_std([r["accuracy"] for r in rows]),
+        cells = [dataset, *axis_cells(axes, keys), arm_cell((dataset, axes, arm), warned), str(len(rows)),
+                 mean_std([r["accuracy"] for r in rows]),
                  mean_std([r["corruption_accuracy"] for r in rows])]
         cells += [mean_std([r[f"corrupted_{name}"] for r in rows]) for name in names]
         lines.append("| " + " | ".join(cells) + " |")
@@ -160,9 +178,34 @@ def shared_pretraining_note(runs: list[dict]) -> str:
     lines = ["", "SSL pretraining was shared: each row counts the full cost of its pretraining stage, "
              "but these runs loaded it from another run instead of training it again:", ""]
     for run in shared:
-        axes = ", ".join(f"{k}={axis_text(v)}" for k, v in axes_of(run).items())
-        cell = ", ".join(part for part in (run["dataset"], axes, arm_of(run), f"seed {run['seed']}") if part)
-        lines.append(f"- {cell}: the SSL stage of `{run['shared_pretraining']}`")
+        lines.append(f"- {run_label(run)}: the SSL stage of `{run['shared_pretraining']}`")
+    return "\n".join(lines) + "\n"
+
+
+def copies_note(runs: list[dict]) -> str:
+    """Which supervised cells are copies of an identical earlier cell (an axis it does not read)."""
+    copies = [run for run in runs if run.get("copy_of")]
+    if not copies:
+        return ""
+    lines = ["", "Some supervised cells train exactly what an earlier cell trained (the grid's axis is a field "
+             "supervised training does not read), so they are copies of it, with the same figures:", ""]
+    lines += [f"- {run_label(run)}: a copy of `{run['copy_of']}`" for run in copies]
+    return "\n".join(lines) + "\n"
+
+
+def run_label(run: dict) -> str:
+    axes = ", ".join(f"{k}={axis_text(v)}" for k, v in axes_of(run).items())
+    return ", ".join(part for part in (run["dataset"], axes, arm_of(run), f"seed {run['seed']}") if part)
+
+
+def warnings_note(runs: list[dict]) -> str:
+    """The footnote to the rows marked with WARNED: each run's warnings, as metrics.json has them."""
+    warned = [run for run in runs if run.get("warnings")]
+    if not warned:
+        return ""
+    lines = ["", f"{WARNED} An SSL stage did not learn in these runs (its loss stayed near its start or its chance "
+             "value), so the arm's figures are not those of a trained SSL part:", ""]
+    lines += [f"- {run_label(run)}: {warning}" for run in warned for warning in run["warnings"]]
     return "\n".join(lines) + "\n"
 
 
@@ -175,7 +218,8 @@ def write_results(out: Path, runs: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(Path(out) / "results.csv", buffer.getvalue())
-    markdown = "## Test metrics (mean ± std over seeds)\n\n" + results_table(runs) + shared_pretraining_note(runs)
+    markdown = "## Test metrics (mean ± std over seeds)\n\n" + results_table(runs) + warnings_note(runs)
+    markdown += shared_pretraining_note(runs) + copies_note(runs)
     corrupted = corruption_table(runs)
     if corrupted:
         markdown += "\n## Accuracy under common corruptions (mean over 5 severities)\n\n" + corrupted

@@ -7,7 +7,7 @@ values), said as sentences so that a reader gets the answer before the tables.
 from __future__ import annotations
 
 from fkt.report.axes import axes_label, thawed
-from fkt.report.tables import paired_tests
+from fkt.report.tables import WARNED, paired_tests, warned_groups
 
 
 def chosen_tests(runs: list[dict]) -> list[tuple[str, tuple, str, str, dict]]:
@@ -38,9 +38,22 @@ def verdicts_markdown(runs: list[dict]) -> str:
     lines: dict[tuple, list[str]] = {}
     for dataset, axes, a, b, test in chosen_tests(runs):
         lines.setdefault((dataset, axes), []).append(sentence(a, b, test))
+    note = untrained_note(runs)
     if not lines:
-        return "## Verdicts (test accuracy)\n\nOnly one arm ran: nothing to compare.\n"
+        return "## Verdicts (test accuracy)\n\nOnly one arm ran: nothing to compare.\n" + (f"\n{note}\n" if note else "")
     body = [f"- {', '.join(filter(None, (dataset, axes_label(thawed(axes)))))}: {'; '.join(said)}."
             for (dataset, axes), said in lines.items()]
+    body += [note] if note else []
     return ("## Verdicts (test accuracy, paired over seeds, 95% intervals in points)\n\n"
             + "\n".join(body) + "\n")
+
+
+def untrained_note(runs: list[dict]) -> str:
+    """A line naming the arms with a run whose SSL stage did not learn (metrics.json `warnings`), or ""."""
+    warned = warned_groups(runs)
+    if not warned:
+        return ""
+    arms = "; ".join(f"{arm} ({', '.join(filter(None, (dataset, axes_label(thawed(axes)))))})"
+                     for dataset, axes, arm in sorted(warned, key=str))
+    return (f"- {WARNED} An SSL stage did not learn in some runs of: {arms}. Verdicts on those arms compare an "
+            "SSL part that never trained (see the notes under the test metrics).")

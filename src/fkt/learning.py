@@ -1,0 +1,101 @@
+"""Did the SSL term learn? A stage's SSL loss at its start and its end, and the rule that warns.
+
+A self-supervised stage can run to its end without learning anything: with the paper's LARS at
+lr 0.001, lightly's LARS moves each weight by about 1e-6 of its norm per step, and NT-Xent stays at
+ln(2B - 1), the value of a network that ranks the positive no higher than any negative. Nothing
+fails; the run's accuracy simply comes from the cross-entropy alone, and a comparison of
+"functional" against "representational" then compares arms whose SSL part never trained. So the
+module tracks the SSL term over each stage that has one (`LossTrack`), and the engine checks it
+(`did_not_learn`) and says so: a line on stderr, `warnings` in metrics.json, a mark in results.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+WINDOW_FRACTION = 0.1  # the start and the end: each the mean over this fraction of the stage's steps
+WINDOW_MIN, WINDOW_MAX = 1, 20
+MIN_FALL = 0.05  # of the starting distance above the floor
+NEAR_CHANCE = 0.02  # of the chance value
+
+
+def window(total_steps: int) -> int:
+    """Steps averaged at each end of a stage: 10% of them, at least 1, at most 20."""
+    return min(WINDOW_MAX, max(WINDOW_MIN, round(WINDOW_FRACTION * total_steps)))
+
+
+def did_not_learn(start: float, end: float, floor: float, chance: float | None) -> str | None:
+    """Why a loss that went from `start` to `end` shows no learning, or None where it does.
+
+    Two signs, either enough:
+    - it fell by less than 5% of its starting distance above its floor (the lowest value the loss
+      can take): (start - end) < 0.05 * (start - floor). Measured against the floor, not against
+      zero, so that a loss whose floor is not zero (a negative cosine similarity's is -1) is judged
+      by how far it could still go, and a loss far above its floor must fall by more than noise;
+    - it ends within 2% of its chance value, the loss of a network that has learnt nothing
+      (|end - chance| < 0.02 * chance), where the objective knows it. A loss can fall by more than
+      5% from a start above chance (a freshly initialised projector can do worse than chance) and
+      still end at chance: the fall alone would pass it.
+    A short stage's noise can trip the first sign; the warning says the numbers so a reader can judge.
+    """
+    reasons = []
+    if start - end < MIN_FALL * (start - floor):
+        fell = (start - end) / (start - floor) if start > floor else 0.0
+        reasons.append(f"fell by {100 * fell:.1f}% of its distance above its floor {floor:g} (under {100 * MIN_FALL:g}%)")
+    if chance is not None and abs(end - chance) < NEAR_CHANCE * abs(chance):
+        reasons.append(f"ends within {100 * abs(end - chance) / abs(chance):.1f}% of its chance value "
+                       f"{chance:.4g} (under {100 * NEAR_CHANCE:g}%)")
+    return "; ".join(reasons) or None
+
+
+def stage_warning(stage: str, progress: dict[str, Any]) -> str | None:
+    """One line for a stage whose SSL term did not learn (`progress`: `LossTrack.summary` plus the
+    objective's name, floor and chance), or None."""
+    reason = did_not_learn(progress["start"], progress["end"], progress["floor"], progress["chance"])
+    if reason is None:
+        return None
+    chance = "unknown" if progress["chance"] is None else f"{progress['chance']:.4f}"
+    return (f"stage '{stage}': the {progress['objective']} SSL term did not learn: start {progress['start']:.4f}, "
+            f"end {progress['end']:.4f}, chance {chance} (means over the first and last {progress['window']} of "
+            f"{progress['steps']} steps); it {reason}. Check the optimiser it trained with: {progress['optimizer']}")
+
+
+class LossTrack:
+    """The mean of a loss term over the first and the last `window(total)` steps of a stage.
+
+    `add` sums detached tensors on their device (no host sync per step); numbers are read only at
+    a checkpoint and at the end. The sums go into the checkpoint, so a resumed stage still knows its
+    start; float32 sums survive the round trip exactly, so a resumed run reports the same numbers.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float | torch.Tensor] = {"first": 0.0, "last": 0.0}
+        self.counts = {"first": 0, "last": 0}
+        self.total = 0
+
+    def add(self, step: int, value: torch.Tensor, total: int) -> None:
+        self.total = total
+        k = window(total)
+        value = value.detach().float()
+        for part, inside in (("first", step < k), ("last", step >= total - k)):
+            if inside:
+                self.sums[part] = self.sums[part] + value
+                self.counts[part] += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "counts": dict(self.counts), "total": self.total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums = dict(state["sums"])
+        self.counts = dict(state["counts"])
+        self.total = state["total"]
+
+    def summary(self) -> dict[str, Any] | None:
+        """{start, end, window, steps}, or None where a part was never seen."""
+        if not (self.counts["first"] and self.counts["last"]):
+            return None
+        return {"start": float(self.sums["first"]) / self.counts["first"],
+                "end": float(self.sums["last"]) / self.counts["last"],
+                "window": window(self.total), "steps": self.total}
