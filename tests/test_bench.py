@@ -27,7 +27,7 @@ PASSES = {"supervised": 1, "simclr": 2, "functional-clean": 3, "functional-view"
 
 
 def bench_args(out: Path | None, **overrides) -> argparse.Namespace:
-    values = dict(methods=",".join(PASSES), backbone="resnet18", stem="small", image_size=16, batch_size=8,
+    values = dict(methods=",".join(PASSES), ssl="simclr", backbone="resnet18", stem="small", image_size=16, batch_size=8,
                   device="cpu", precision="32-true", compile=False, steps=2, warmup=1, repeats=1, out=out)
     values.update(overrides)
     return argparse.Namespace(**values)
@@ -101,29 +101,62 @@ def test_ratios_environment_and_table(report):
     table = format_table(report)
     assert "| method | impl | step ms | images/s | passes/s | peak MB | fkt/bare |" in table
     assert table.count("| fkt |") == 4 and "functional-view / simclr step time" in table
+    assert "SSL objective: simclr" in table and env["ssl"] == "simclr" and "teacher fwd/s" not in table
+    assert all(r["teacher_forwards_per_image_counted"] == 0 for r in report["results"])  # SimCLR has no teacher
 
 
-@pytest.mark.parametrize("method", ["functional-clean"])
-def test_same_losses_in_process(method):
+# (method, objective, images through a teacher per dataset image)
+SAME_STEP_CASES = [("functional-clean", "simclr", 0), ("functional-view", "byol", 2), ("simclr", "byol", 2)]
+
+
+@pytest.mark.parametrize("method, ssl, teacher", SAME_STEP_CASES)
+def test_same_losses_in_process(method, ssl, teacher, monkeypatch):
     """The fairness check without the subprocesses: fkt's Lightning step and the bare loop make
-    the same loss at every step (same weights, views, terms and optimizer updates)."""
+    the same loss at every step (same weights, views, terms and optimizer updates), with the
+    objective's own part in both; a momentum teacher moves on the same schedule in both."""
     import torch
 
     from fkt.bench import Settings, quiet, run_bare, run_fkt
+    from fkt.ssl import OBJECTIVES, MomentumObjective
 
+    if ssl not in OBJECTIVES:
+        pytest.skip(f"no '{ssl}' objective in fkt.ssl.OBJECTIVES yet")
+    schedule: list[tuple[int, int]] = []
+    original = MomentumObjective.momentum
+    monkeypatch.setattr(MomentumObjective, "momentum",
+                        lambda self, step, total: schedule.append((step, total)) or original(self, step, total))
     quiet()
-    s = Settings(methods=(method,), image_size=16, batch_size=8, steps=2, warmup=1, repeats=1)
-    fkt, bare = run_fkt(method, s, torch.device("cpu")), run_bare(method, s, torch.device("cpu"))
+    s = Settings(methods=(method,), image_size=16, batch_size=8, steps=2, warmup=1, repeats=1, ssl=ssl)
+    fkt = run_fkt(method, s, torch.device("cpu"))
+    fkt_schedule, schedule[:] = list(schedule), []
+    bare = run_bare(method, s, torch.device("cpu"))
     assert bare["steps_run"] == 3 and fkt["steps_run"] == 4  # fkt's last step only closes the clock
     assert fkt["losses"][0] == pytest.approx(bare["losses"][0], rel=1e-6)
     assert fkt["losses"][:3] == pytest.approx(bare["losses"], rel=1e-4)
     assert fkt["image_passes"] / 4 == bare["image_passes"] / 3 == 8 * PASSES[method]
+    assert fkt["teacher_forwards"] / 4 == bare["teacher_forwards"] / 3 == 8 * teacher
+    assert fkt_schedule[:len(schedule)] == schedule and len(schedule) == (3 if teacher else 0)
     assert len(fkt["stamps"]) == len(bare["stamps"]) == 4
+
+
+def test_the_table_names_the_objective_and_counts_teacher_forwards():
+    row = {"impl": "bare", "step_ms": 100.0, "images_per_s": 80.0, "passes_per_s": 160.0, "peak_mb": 900.0,
+           "teacher_forwards_per_s": 160.0, "peak_memory_kind": "process max RSS"}
+    env = {"backbone": "resnet18", "stem": "small", "image_size": 16, "batch_size": 8, "precision": "32-true",
+           "compile": False, "device": "cpu", "device_name": "cpu", "threads": 1, "repeats": 1, "steps": 2,
+           "warmup": 1, "ssl": "byol"}
+    report = {"env": env, "results": [{**row, "method": "simclr"}, {**row, "method": "simclr", "impl": "fkt"}],
+              "ratios": {"fkt_over_bare": {"simclr": 1.0}, "view_over_simclr_step": {}},
+              "load_average": {"before": [0, 0, 0], "after": [0, 0, 0]}}
+    table = format_table(report)
+    assert "SSL objective: byol" in table
+    assert "| method | impl | step ms | images/s | passes/s | teacher fwd/s | peak MB | fkt/bare |" in table
+    assert "| simclr | fkt | 100.0 | 80 | 160 | 160 | 900 | 1.000 |" in table
 
 
 def test_bad_settings_are_one_line_errors():
     for overrides in ({"methods": "supervised,dino"}, {"precision": "8-true"}, {"device": "tpu"},
-                      {"steps": 0}, {"batch_size": 1}):
+                      {"steps": 0}, {"batch_size": 1}, {"ssl": "nope"}):
         with pytest.raises(UserError):
             run_bench(bench_args(None, **overrides))
 

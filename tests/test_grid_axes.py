@@ -240,8 +240,9 @@ def test_a_copied_cell_keeps_its_own_axes_and_names_its_source(make_dataset, tmp
     data = make_dataset("imagefolder", num_classes=3, train_per_class=8, test_per_class=2)
     config = folder_grid(data.root, {"epochs": 1}, evaluate={"probes": []},
                          grid={"methods": ["supervised"], "seeds": [0], "axes": {"method.lambda_ce": [0.5, 1.0]}})
-    run_grid(config, tmp_path)
+    markdown = run_grid(config, tmp_path)
     first, second = (tmp_path / "runs" / f"imagefolder-lambda_ce={v}-supervised-seed0" for v in (0.5, 1.0))
+    assert f"- imagefolder, method.lambda_ce=1, supervised, seed 0: a copy of `{first.name}`" in markdown
     best = ("checkpoints", "best.ckpt")
     assert first.joinpath(*best).read_bytes() == second.joinpath(*best).read_bytes()
     one, two = (json.loads((d / "metrics.json").read_text()) for d in (first, second))

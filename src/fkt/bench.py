@@ -11,11 +11,16 @@ fixed, in-memory synthetic dataset (random uint8 images already on the device, 1
   Lightning step: the fetch, hooks, `training_step` (its NaN guard and `self.log` calls),
   backward and the optimizer.
 - `bare`: a hand-written loop over the same loader, with the same backbone, heads, views,
-  losses and optimizer (fkt's building blocks: `build_backbone`, `projection_head`,
-  `SimCLRViews`, `contrastive_loss`, `build_optimizer`), but neither Lightning nor the
-  module's `training_step`. Mixed precision is a plain `torch.autocast` (its weight-cast cache
-  on, where Lightning turns it off) and a GradScaler for 16-mixed; `--compile` compiles the
-  backbone in place in both. The clock is read at the same place, after the fetch.
+  losses and optimizer (fkt's building blocks: `build_backbone`, `classifier_head`,
+  `SimCLRViews`, the configured SSL objective from `fkt.ssl.build_objective`, `build_optimizer`),
+  but neither Lightning nor the module's `training_step`. The objective is the very part fkt's
+  module holds (its heads, loss and any momentum teacher); it is handed a small stand-in for the
+  method (`BareMethod`: the backbone, the views, counted `encode` and `teacher_encode`, the step
+  count, from which a teacher's momentum follows), so the two implementations do the same work
+  for any `--ssl`. Mixed precision is a plain `torch.autocast`
+  (its weight-cast cache on, where Lightning turns it off) and a GradScaler for 16-mixed;
+  `--compile` compiles the backbone in place in both. The clock is read at the same place,
+  after the fetch.
 
 Each (method, impl) runs in a fresh spawned process, so peak memory (RSS on CPU,
 `torch.cuda.max_memory_allocated` on a GPU) is its own. The weights are built from the same
@@ -32,8 +37,13 @@ slower than one, so note the load average printed with the table.
 Figures per (method, impl): step time (per repeat: the mean of `steps` consecutive step
 intervals after `warmup` untimed steps; reported: the median over `repeats`), images/s
 (dataset images, `batch / step`), image passes/s (images through the backbone:
-supervised 1 per image, simclr 2, functional-clean 3, functional-view 2) and peak memory;
+supervised 1 per image, simclr 2, functional-clean 3, functional-view 2), teacher forwards/s
+(images through a momentum teacher, forward only, where the objective has one) and peak memory;
 per method the fkt/bare throughput ratio; and the functional-view / simclr step-time ratio.
+
+`--ssl NAME` picks the SSL objective (default simclr). The method labels stay those of SimCLR's
+days: "simclr" is the SSL pretraining step with whichever objective `--ssl` names, and the
+table's header names it.
 """
 
 from __future__ import annotations
@@ -76,7 +86,7 @@ class MethodSpec:
 
 METHODS: dict[str, MethodSpec] = {
     "supervised": MethodSpec("supervised", "supervised", "clean", 1, ssl=False, ce=True),
-    "simclr": MethodSpec("simclr", "representational", "clean", 2, ssl=True, ce=False),
+    "simclr": MethodSpec("pretrain", "representational", "clean", 2, ssl=True, ce=False),
     "functional-clean": MethodSpec("functional", "functional", "clean", 3, ssl=True, ce=True),
     "functional-view": MethodSpec("functional", "functional", "view", 2, ssl=True, ce=True),
 }
@@ -97,6 +107,7 @@ class Settings:
     repeats: int = 3
     seed: int = SEED
     num_classes: int = NUM_CLASSES
+    ssl: str = "simclr"  # the SSL objective (method.ssl)
 
     @property
     def timed(self) -> int:
@@ -130,6 +141,7 @@ def resolve_device(name: str) -> str:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     from fkt.models import BACKBONES
+    from fkt.ssl import OBJECTIVES, check_objective
 
     methods = tuple(m.strip() for m in str(args.methods).split(",") if m.strip())
     unknown = [m for m in methods if m not in METHODS]
@@ -137,16 +149,23 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise UserError(f"--methods {args.methods}: choose from {', '.join(METHODS)}")
     if args.backbone not in BACKBONES:
         raise UserError(f"--backbone {args.backbone}: choose from {', '.join(BACKBONES)}")
+    ssl = getattr(args, "ssl", None) or "simclr"
+    if ssl not in OBJECTIVES:
+        raise UserError(f"--ssl {ssl}: choose from {', '.join(OBJECTIVES)}")
     if args.precision not in PRECISIONS:
         raise UserError(f"--precision {args.precision}: choose from {', '.join(PRECISIONS)}")
     for flag, value, low in (("--image-size", args.image_size, 8), ("--batch-size", args.batch_size, 2),
                              ("--steps", args.steps, 1), ("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0)):
         if value < low:
             raise UserError(f"{flag} {value}: must be at least {low}")
-    return Settings(methods=tuple(dict.fromkeys(methods)), backbone=args.backbone, stem=args.stem,
-                    image_size=args.image_size, batch_size=args.batch_size, device=resolve_device(args.device),
-                    precision=args.precision, compile=bool(args.compile), steps=args.steps,
-                    warmup=args.warmup, repeats=args.repeats)
+    settings = Settings(methods=tuple(dict.fromkeys(methods)), backbone=args.backbone, stem=args.stem,
+                        image_size=args.image_size, batch_size=args.batch_size, device=resolve_device(args.device),
+                        precision=args.precision, compile=bool(args.compile), steps=args.steps,
+                        warmup=args.warmup, repeats=args.repeats, ssl=ssl)
+    for method in settings.methods:  # the objective's own limits (a batch too small, say), in one line
+        if METHODS[method].ssl:
+            check_objective(bench_config(method, settings))
+    return settings
 
 
 def bench_config(method: str, s: Settings):
@@ -160,7 +179,7 @@ def bench_config(method: str, s: Settings):
     trainer = {"accelerator": accelerator, "devices": devices, "precision": s.precision, "progress_bar": False,
                "epochs": 1, "pretrain_epochs": 1, "compile": s.compile, "sync_batchnorm": False}
     return build_config({
-        "method": {"name": spec.config_method, "classifier_input": spec.classifier_input},
+        "method": {"name": spec.config_method, "classifier_input": spec.classifier_input, "ssl": s.ssl},
         "data": {"image_size": s.image_size, "batch_size": s.batch_size},
         "model": {"backbone": s.backbone, "stem": s.stem},
         "trainer": trainer,
@@ -174,12 +193,12 @@ def step_seed_fn(method: str, s: Settings):
     fkt re-seeds the global RNG before every training step from (seed, method, step, rank), so a
     resumed run draws the same views; the bare loop does the same, so that both implementations
     see the same views at every step (and the same first-step loss)."""
-    from fkt.methods import base
+    from fkt.methods import MODULES, base
 
     step_seed = getattr(base, "step_seed", None)
     if step_seed is None:
         return None
-    name = METHODS[method].module
+    name = MODULES[METHODS[method].module].name  # the module's own name, which fkt seeds from
     return lambda step: step_seed(s.seed, name, step, 0)
 
 
@@ -279,11 +298,42 @@ def run_fkt(method: str, s: Settings, device) -> dict[str, Any]:
     trainer.fit(module, train_dataloaders=synthetic_loader(s, device))
     sync(device)
     return {"stamps": clock.stamps[: s.total_steps + 1], "losses": [float(x) for x in clock.losses],
-            "image_passes": module.image_passes, "steps_run": len(clock.losses),
-            "channels_last": module.memory_format == torch.channels_last}
+            "image_passes": module.image_passes, "teacher_forwards": module.teacher_forwards,
+            "steps_run": len(clock.losses), "channels_last": module.memory_format == torch.channels_last}
 
 
 # --------------------------------------------------------------------------- the bare loop
+
+class BareMethod:
+    """What an SSL objective calls on the method that holds it (`fkt.methods.base.Method`), without
+    Lightning: the backbone, the views, `encode` and `teacher_encode` (counting images as the module
+    does), the rank count, and the step (`global_step`, `trainer.estimated_stepping_batches`) that a
+    momentum teacher's schedule reads."""
+
+    def __init__(self, backbone, views, memory_format, total_steps: int) -> None:
+        from types import SimpleNamespace
+
+        self.backbone = backbone
+        self.views = views
+        self.memory_format = memory_format
+        self.world_size = 1
+        self.training = True
+        self.global_step = 0
+        self.current_epoch = 0
+        self.trainer = self._trainer = SimpleNamespace(estimated_stepping_batches=total_steps, world_size=1)
+        self.passes = 0
+        self.teacher_forwards = 0
+
+    def features(self, images):
+        return self.backbone(images.contiguous(memory_format=self.memory_format))
+
+    def encode(self, images, term: str):
+        self.passes += images.shape[0]
+        return self.features(images)
+
+    def teacher_encode(self, backbone, images):
+        self.teacher_forwards += images.shape[0]
+        return backbone(images.contiguous(memory_format=self.memory_format))
 
 def run_bare(method: str, s: Settings, device) -> dict[str, Any]:
     import torch
@@ -291,8 +341,8 @@ def run_bare(method: str, s: Settings, device) -> dict[str, Any]:
 
     from fkt.data.transforms import Normalize, SimCLRViews
     from fkt.methods.base import build_optimizer
-    from fkt.models import build_backbone, classifier_head, projection_head
-    from fkt.objectives import contrastive_loss
+    from fkt.models import build_backbone, classifier_head
+    from fkt.ssl import build_objective
 
     spec = METHODS[method]
     cfg = bench_config(method, s)
@@ -302,15 +352,17 @@ def run_bare(method: str, s: Settings, device) -> dict[str, Any]:
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     backbone.to(memory_format=memory_format)
     classifier = classifier_head(feat_dim, s.num_classes)
-    projector = projection_head(feat_dim, cfg.model.proj_hidden_dim, cfg.model.proj_output_dim) if spec.ssl else None
+    objective = build_objective(cfg, backbone, feat_dim) if spec.ssl else None  # heads, loss, any teacher
     views = SimCLRViews(s.image_size)
     normalize = Normalize()
-    contrastive = contrastive_loss(cfg.method.temperature)
-    for part in (backbone, classifier, projector, views, normalize):
+    for part in (backbone, classifier, objective, views, normalize):
         if part is not None:
             part.to(device).train()
+    if objective is not None:
+        objective.distributed(1)  # as Method.setup, on one rank
 
-    trained = [backbone] + ([projector] if spec.ssl else []) + ([classifier] if spec.ce else [])
+    # the module's `trainable()` order: backbone, the objective's trained parts, the classifier
+    trained = [backbone] + (objective.trainable() if spec.ssl else []) + ([classifier] if spec.ce else [])
     params = [p for m in trained for p in m.parameters()]
     for p in classifier.parameters():
         p.requires_grad_(spec.ce)
@@ -320,30 +372,23 @@ def run_bare(method: str, s: Settings, device) -> dict[str, Any]:
     optimizer = build_optimizer(settings, params)
     if s.compile:
         backbone.compile()  # in place, as fkt does
-    net = backbone
     per_step = step_seed_fn(method, s)
+    total = s.total_steps + 1  # fkt's Trainer: max_steps, its estimated_stepping_batches
+    stand_in = BareMethod(backbone, views, memory_format, total)
 
     amp_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(s.precision)
     scaler = torch.amp.GradScaler(device.type) if s.precision == "16-mixed" else None
     lam = cfg.method.lambda_ce
     view_input = spec.classifier_input == "view"
-    passes = 0
-
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        nonlocal passes
-        passes += x.shape[0]
-        return net(x.contiguous(memory_format=memory_format))
 
     def step_loss(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         h1 = None
         loss = None
         if spec.ssl:
-            h1 = encode(views(images))
-            h2 = encode(views(images))
-            loss = contrastive(projector(h1), projector(h2))
+            loss, h1 = objective(stand_in, images, targets if objective.uses_labels else None)
         if spec.ce:
-            features = h1 if view_input and h1 is not None else encode(views(images) if view_input
-                                                                         else normalize(images))
+            features = h1 if view_input and h1 is not None else stand_in.encode(
+                views(images) if view_input else normalize(images), "ce")
             ce = F.cross_entropy(classifier(features), targets)
             loss = ce if loss is None else loss + lam * ce
         return loss
@@ -359,6 +404,7 @@ def run_bare(method: str, s: Settings, device) -> dict[str, Any]:
             torch.manual_seed(per_step(i))  # as fkt's on_train_batch_start
         elif i == 0:
             seed_all(s.seed)
+        stand_in.global_step = i
         if amp_dtype is not None:
             with torch.autocast(device.type, dtype=amp_dtype):
                 loss = step_loss(images, targets)
@@ -372,11 +418,12 @@ def run_bare(method: str, s: Settings, device) -> dict[str, Any]:
         else:
             loss.backward()
             optimizer.step()
+        stand_in.global_step = i + 1  # the step count a teacher's momentum reads, as Lightning's global_step
         losses.append(loss.detach())
     sync(device)
     return {"stamps": stamps, "losses": [float(x) for x in losses],
-            "image_passes": passes, "steps_run": len(losses),
-            "channels_last": memory_format == torch.channels_last}
+            "image_passes": stand_in.passes, "teacher_forwards": stand_in.teacher_forwards,
+            "steps_run": len(losses), "channels_last": memory_format == torch.channels_last}
 
 
 # --------------------------------------------------------------------------- one measurement
@@ -420,6 +467,9 @@ def measure(method: str, impl: str, settings: dict[str, Any]) -> dict[str, Any]:
         "passes_per_image": spec.passes,
         "passes_per_image_counted": raw["image_passes"] / images_seen if images_seen else math.nan,
         "passes_per_s": out["images_per_s"] * spec.passes,
+        "ssl": s.ssl if spec.ssl else None,
+        # images through a momentum teacher per dataset image (forward only), where the objective has one
+        "teacher_forwards_per_image_counted": raw["teacher_forwards"] / images_seen if images_seen else math.nan,
         "first_loss": raw["losses"][0] if raw["losses"] else math.nan,
         "losses": raw["losses"],  # every step's total loss, warm-up included
         "steps_run": raw["steps_run"],
@@ -428,6 +478,7 @@ def measure(method: str, impl: str, settings: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
     })
+    out["teacher_forwards_per_s"] = out["images_per_s"] * out["teacher_forwards_per_image_counted"]
     out["peak_mb"] = out["peak_gpu_mb"] if out["peak_gpu_mb"] is not None else out["peak_rss_mb"]
     out["peak_memory_kind"] = "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS"
     return out
@@ -482,6 +533,7 @@ def environment(s: Settings) -> dict[str, Any]:
         "repeats": s.repeats,
         "seed": s.seed,
         "num_classes": s.num_classes,
+        "ssl": s.ssl,
         "data": f"{DISTINCT_BATCHES} batches of random uint8 images on the device, cycled",
     }
     from fkt.config import ModelConfig
@@ -545,14 +597,19 @@ def format_table(report: dict[str, Any]) -> str:
         f"{env['precision']}{', compiled' if env['compile'] else ''}, on {env['device']} ({env['device_name']}), "
         f"{env['threads']} threads; median over {env['repeats']} repeats of {env['steps']} steps "
         f"after {env['warmup']} warm-up",
+        f"SSL objective: {env.get('ssl', 'simclr')} (the simclr and functional rows' SSL term; "
+        "'simclr' is the SSL pretraining step)",
         "",
-        "| method | impl | step ms | images/s | passes/s | peak MB | fkt/bare |",
-        "|---|---|---|---|---|---|---|",
     ]
+    # a column for a momentum teacher's forwards (no backward), only where one ran
+    teacher = any(r.get("teacher_forwards_per_s") for r in report["results"])
+    lines += ["| method | impl | step ms | images/s | passes/s | " + ("teacher fwd/s | " if teacher else "")
+              + "peak MB | fkt/bare |", "|---|---|---|---|---|---|---|" + ("---|" if teacher else "")]
     for r in report["results"]:
         ratio = f"{fkt_over_bare[r['method']]:.3f}" if r["impl"] == "fkt" and r["method"] in fkt_over_bare else ""
+        extra = f"{r.get('teacher_forwards_per_s') or 0:,.0f} | " if teacher else ""
         lines.append(f"| {r['method']} | {r['impl']} | {r['step_ms']:.1f} | {r['images_per_s']:,.0f} | "
-                     f"{r['passes_per_s']:,.0f} | {r['peak_mb']:,.0f} | {ratio} |")
+                     f"{r['passes_per_s']:,.0f} | {extra}{r['peak_mb']:,.0f} | {ratio} |")
     best = report["ratios"].get("fkt_over_bare_fastest_step", {})
     if best:
         lines += ["", "fkt/bare on each one's fastest step (less sensitive to other load): "

@@ -178,7 +178,10 @@ def add_trust_flag(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> Parser:
+    from typing import get_args
+
     from fkt import __version__
+    from fkt.config import SSLObjective
 
     parser = Parser(prog="fkt", description="Functional knowledge transfer: train, compare, evaluate.")
     parser.add_argument("--version", action="version", version=f"fkt {__version__}")
@@ -249,6 +252,8 @@ def build_parser() -> Parser:
     bench = sub.add_parser("bench", help="steady-state training throughput of each method, against bare PyTorch")
     bench.add_argument("--methods", default="supervised,simclr,functional-clean,functional-view",
                        help="comma-separated: supervised, simclr, functional-clean, functional-view")
+    bench.add_argument("--ssl", default="simclr", choices=list(get_args(SSLObjective)),
+                       help="the SSL objective of the simclr (SSL pretraining) and functional steps")
     bench.add_argument("--backbone", default="resnet18")
     bench.add_argument("--stem", default="small", choices=["imagenet", "small"])
     bench.add_argument("--image-size", type=int, default=32)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 import torchvision
-from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
 from fkt.errors import UserError
@@ -51,10 +50,6 @@ def load_backbone_weights(net: nn.Module, path: Path) -> None:
         what = f"shape mismatch at {bad[0]}" if bad else f"missing {missing[0]}"
         raise UserError(f"{path}: weights do not fit this backbone ({what})")
     net.load_state_dict(state, strict=False)
-
-
-def projection_head(feat_dim: int, hidden_dim: int | None, output_dim: int) -> nn.Module:
-    return SimCLRProjectionHead(feat_dim, hidden_dim or feat_dim, output_dim)
 
 
 def classifier_head(feat_dim: int, num_classes: int) -> nn.Module:

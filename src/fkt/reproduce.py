@@ -26,6 +26,7 @@ from fkt.report.gradcam import cam_from_checkpoints, column_name, load_columns
 from fkt.report.page import write_report
 from fkt.report.tables import arm_of, write_results
 from fkt.report.verdicts import verdicts_markdown
+from fkt.fusion import check_fusion
 from fkt.ssl import check_objective
 
 # Fields that cannot change what a representational cell's SSL stage learns, so cells of one grid
@@ -117,6 +118,7 @@ def grid_plan(config: Config, out: Path) -> list[Cell]:
     seen: dict[Path, Cell] = {}
     for cell in plan:
         check_objective(cell.config)
+        check_fusion(cell.config)
         other = seen.setdefault(Path(cell.config.out), cell)
         if other is not cell:
             raise UserError(f"grid.axes: {other.axes} and {cell.axes} would share the run directory "
