@@ -4,6 +4,7 @@ value, tables and verdicts within axis values, the accuracy-against-axis figure,
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -217,7 +218,8 @@ def test_cells_that_share_a_simclr_stage_pretrain_once_and_still_count_it(make_d
     assert two["shared_pretraining"] == first.name and "shared_pretraining" not in one
     note = f"- imagefolder, trainer.epochs=2, representational, seed 0: the SSL stage of `{first.name}`"
     assert "SSL pretraining was shared" in markdown and note in markdown
-    assert "| imagefolder | 2 | representational | 1 |" in markdown
+    # (one epoch on 16 images: its SSL stage may be flagged as not learning, a mark beside the arm)
+    assert re.search(r"\| imagefolder \| 2 \| representational( \u26a0)? \| 1 \|", markdown)
     assert note in run_grid(config, tmp_path)  # read back from finished cells, the same
 
 
@@ -242,7 +244,7 @@ def test_a_copied_cell_keeps_its_own_axes_and_names_its_source(make_dataset, tmp
                          grid={"methods": ["supervised"], "seeds": [0], "axes": {"method.lambda_ce": [0.5, 1.0]}})
     markdown = run_grid(config, tmp_path)
     first, second = (tmp_path / "runs" / f"imagefolder-lambda_ce={v}-supervised-seed0" for v in (0.5, 1.0))
-    assert f"- imagefolder, method.lambda_ce=1, supervised, seed 0: a copy of `{first.name}`" in markdown
+    assert f"- imagefolder, method.lambda_ce=1.0, supervised, seed 0: a copy of `{first.name}`" in markdown
     best = ("checkpoints", "best.ckpt")
     assert first.joinpath(*best).read_bytes() == second.joinpath(*best).read_bytes()
     one, two = (json.loads((d / "metrics.json").read_text()) for d in (first, second))
