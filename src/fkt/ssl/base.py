@@ -62,7 +62,7 @@ class Objective(nn.Module):
 
     def two_views(self, method: "Method", images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features of two random views of each image, counted as SSL passes."""
-        return method.encode(method.views(images), "ssl"), method.encode(method.views(images), "ssl")
+        return self.encoded_views(method, images)[2:]
 
     def encoded_views(self, method: "Method", images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The two views themselves (for a teacher) and their student features (v1, v2, h1, h2)."""
