@@ -80,6 +80,12 @@ def resumable_epochs(checkpoint: Path, config: Config, num_classes: int, trust: 
     return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
 
 
+def check_method(config: Config) -> None:
+    """Settings the SSL objective or the fusion cannot run with, in one line, before anything is written."""
+    check_objective(config)
+    check_fusion(config)
+
+
 def check_devices(config: Config) -> None:
     """`--devices` beyond what this machine has, in one line (Lightning would spawn or fail late)."""
     t = config.trainer
@@ -201,8 +207,7 @@ def train(config: Config, resume: bool = False, trust: bool = False) -> dict[str
         raise UserError("--out is required: the run directory to write")
     quiet_lightning()
     config = check_hardware(resolved(config))
-    check_objective(config)
-    check_fusion(config)
+    check_method(config)
     run_dir = Path(config.out)
     if resume and not any_checkpoint(run_dir):
         raise UserError(f"--resume: no checkpoint under {run_dir / 'checkpoints'} to resume from")

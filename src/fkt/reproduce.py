@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from fkt.config import Config, build_config, deep_merge, set_dotted
-from fkt.engine import train
+from fkt.engine import check_method, train
 from fkt.errors import UserError
 from fkt.io import RunLock, atomic_write, atomic_write_json, is_rank_zero
 from fkt.report.axes import axes_label, axes_of, frozen, path_safe
@@ -26,8 +26,6 @@ from fkt.report.gradcam import cam_from_checkpoints, column_name, load_columns
 from fkt.report.page import write_report
 from fkt.report.tables import arm_of, write_results
 from fkt.report.verdicts import verdicts_markdown
-from fkt.fusion import check_fusion
-from fkt.ssl import check_objective
 
 # Fields that cannot change what a representational cell's SSL stage learns, so cells of one grid
 # that differ only in them share one pretraining: the label budget and the labelled batch (the SSL
@@ -117,8 +115,7 @@ def grid_plan(config: Config, out: Path) -> list[Cell]:
             for axes in axis_points(config) for arm in config.grid.methods for seed in config.grid.seeds]
     seen: dict[Path, Cell] = {}
     for cell in plan:
-        check_objective(cell.config)
-        check_fusion(cell.config)
+        check_method(cell.config)
         other = seen.setdefault(Path(cell.config.out), cell)
         if other is not cell:
             raise UserError(f"grid.axes: {other.axes} and {cell.axes} would share the run directory "
