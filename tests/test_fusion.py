@@ -19,7 +19,7 @@ from test_faults import position, same_weights
 from test_methods import run_config
 
 from fkt.config import Config, build_config, deep_merge
-from fkt.engine import train
+from fkt.engine import check_method, train
 from fkt.errors import UserError
 from fkt.fusion import FUSIONS, Uncertainty, build_fusion, check_fusion, pcgrad
 from fkt.methods import Functional
@@ -312,14 +312,14 @@ def test_uncertainty_run_killed_mid_epoch_resumes_exactly(make_dataset, tmp_path
 def test_pcgrad_on_two_devices_is_refused_in_one_line():
     two = build_config(deep_merge(tiny(fusion="pcgrad").to_dict(), {"trainer": {"devices": 2}}))
     with pytest.raises(UserError) as err:
-        check_fusion(two)
+        check_method(two)  # the world size as Lightning makes it of trainer.devices
     message = str(err.value)
     assert len(message.splitlines()) == 1 and "method.fusion" in message and "2 device" in message
     ddp = build_config(deep_merge(tiny(fusion="pcgrad").to_dict(), {"trainer": {"devices": 1, "strategy": "ddp"}}))
     with pytest.raises(UserError, match="trainer.strategy ddp"):
-        check_fusion(ddp)
+        check_method(ddp)
     with pytest.raises(UserError, match="3 device"):
-        check_fusion(tiny(fusion="pcgrad"), world_size=3)  # what Lightning found, as setup() passes it
-    check_fusion(tiny(fusion="pcgrad"))  # one CPU device
+        check_fusion(tiny(fusion="pcgrad"), world_size=3)
+    check_method(tiny(fusion="pcgrad"))  # one CPU device
     for other in ("fixed", "ramp", "uncertainty"):
-        check_fusion(build_config(deep_merge(tiny(fusion=other).to_dict(), {"trainer": {"devices": 2}})))
+        check_method(build_config(deep_merge(tiny(fusion=other).to_dict(), {"trainer": {"devices": 2}})))

@@ -49,7 +49,7 @@ class Bench:
     def __init__(self, views, feat_dim=16):
         torch.manual_seed(0)
         self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(views[0][0].numel(), feat_dim))
-        self.queue, self.global_step, self._trainer = list(views), 0, None
+        self.queue, self.global_step, self.total_steps = list(views), 0, None
 
     def views(self, images):
         return self.queue.pop(0)

@@ -307,12 +307,10 @@ def run_fkt(method: str, s: Settings, device) -> dict[str, Any]:
 class BareMethod:
     """What an SSL objective calls on the method that holds it (`fkt.methods.base.Method`), without
     Lightning: the backbone, the views, `encode` and `teacher_encode` (counting images as the module
-    does), the rank count, and the step (`global_step`, `trainer.estimated_stepping_batches`) that a
-    momentum teacher's schedule reads."""
+    does), the rank count, and the step (`global_step`, `total_steps`) that a momentum teacher's schedule
+    reads."""
 
     def __init__(self, backbone, views, memory_format, total_steps: int) -> None:
-        from types import SimpleNamespace
-
         self.backbone = backbone
         self.views = views
         self.memory_format = memory_format
@@ -320,7 +318,7 @@ class BareMethod:
         self.training = True
         self.global_step = 0
         self.current_epoch = 0
-        self.trainer = self._trainer = SimpleNamespace(estimated_stepping_batches=total_steps, world_size=1)
+        self.total_steps = total_steps
         self.passes = 0
         self.teacher_forwards = 0
 

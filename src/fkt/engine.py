@@ -83,7 +83,7 @@ def resumable_epochs(checkpoint: Path, config: Config, num_classes: int, trust: 
 def check_method(config: Config) -> None:
     """Settings the SSL objective or the fusion cannot run with, in one line, before anything is written."""
     check_objective(config)
-    check_fusion(config)
+    check_fusion(config, probe_trainer(config).world_size)
 
 
 def check_devices(config: Config) -> None:
@@ -147,19 +147,25 @@ def make_trainer(config: Config, **settings: Any) -> pl.Trainer:
                         f"--precision {t.precision}: {message}") from None
 
 
-def check_hardware(config: Config) -> Config:
-    """Refuse impossible hardware settings before anything is written; settle the ones left to
-    the hardware (sync_batchnorm) so that the saved config says what ran."""
-    check_devices(config)
+def probe_trainer(config: Config) -> pl.Trainer:
+    """A Trainer that never runs: what Lightning makes of the hardware settings (accelerator, world
+    size), so that a check asks Lightning rather than guessing (about 6 ms)."""
     chatter = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     level = chatter.level
     chatter.setLevel(logging.WARNING)  # "GPU available: ..." is said once, by the real Trainer
     try:
-        probe = make_trainer(config.model_copy(update={"trainer": config.trainer.model_copy(
+        return make_trainer(config.model_copy(update={"trainer": config.trainer.model_copy(
             update={"sync_batchnorm": False})}), logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False)
     finally:
         chatter.setLevel(level)
+
+
+def check_hardware(config: Config) -> Config:
+    """Refuse impossible hardware settings before anything is written; settle the ones left to
+    the hardware (sync_batchnorm) so that the saved config says what ran."""
+    check_devices(config)
+    probe = probe_trainer(config)
     on_gpu = isinstance(probe.accelerator, CUDAAccelerator)
     wanted = config.trainer.sync_batchnorm
     if wanted and not on_gpu:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fkt.config import Config, MethodConfig, TrainerConfig
+from fkt.config import Config, MethodConfig
 from fkt.errors import UserError
 from fkt.objectives import weighted_total
 
@@ -165,30 +165,16 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return dot(a, b) / (a.norm() * b.norm()).clamp_min(torch.finfo(a.dtype).tiny)
 
 
-def device_count(trainer: TrainerConfig) -> int:
-    """The processes Lightning starts for these settings."""
-    gpu = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
-    devices = str(trainer.devices).strip()
-    if devices in ("auto", "-1"):
-        count = torch.cuda.device_count() if gpu else 1
-    elif devices.isdigit():
-        count = int(devices)
-    else:  # a list of GPU indices, "0,1" or "[0, 1]"
-        count = len([d for d in devices.strip("[]").split(",") if d.strip()])
-    return count * trainer.num_nodes
-
-
-def check_fusion(config: Config, world_size: int | None = None) -> None:
-    """Raise UserError, in one line naming the field, where the configured fusion cannot run (call it
-    before a run writes anything; `world_size`, once Lightning knows it, overrides the guess).
+def check_fusion(config: Config, world_size: int) -> None:
+    """Raise UserError, in one line naming the field, where the configured fusion cannot run on
+    `world_size` processes (call it before a run writes anything: engine.check_method).
 
     PCGrad writes the backbone's gradients by hand, past the hooks through which DDP (or any
     distributed strategy) all-reduces them, so it runs on one device only."""
     if config.method.name != "functional" or config.method.fusion != "pcgrad":
         return
     t = config.trainer
-    devices = world_size or device_count(t)
-    if devices > 1 or t.strategy not in ("auto", "single_device"):
-        raise UserError(f"method.fusion pcgrad: runs on one device only (got {devices} device(s), trainer.devices "
+    if world_size > 1 or t.strategy not in ("auto", "single_device"):
+        raise UserError(f"method.fusion pcgrad: runs on one device only (got {world_size} device(s), trainer.devices "
                         f"{t.devices}, trainer.strategy {t.strategy}): its hand-made gradients would bypass DDP's "
                         "all-reduce; use one device or another fusion")

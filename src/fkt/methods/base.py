@@ -82,7 +82,7 @@ class Method(pl.LightningModule):
         self._clock: float | None = None
         self._unchecked: list[dict[str, torch.Tensor]] = []  # loss terms since the last optimizer step
         self.ssl_track = LossTrack()  # the SSL term at the stage's start and end (fkt.learning)
-        self._total_steps: int | None = None
+        self.total_steps: int | None = None  # the stage's optimizer steps, once training starts
 
     # --- what a method defines -------------------------------------------------------
     def losses(self, images: torch.Tensor, targets: torch.Tensor,
@@ -161,7 +161,7 @@ class Method(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._clock = time.perf_counter()
-        self._total_steps = int(self.trainer.estimated_stepping_batches)
+        self.total_steps = int(self.trainer.estimated_stepping_batches)
 
     def ssl_progress(self) -> dict[str, Any] | None:
         """The SSL term at this stage's start and end, with what the no-learning check needs to judge it."""
@@ -194,8 +194,8 @@ class Method(pl.LightningModule):
         terms = self.losses(images, targets, *pool)
         detached = {k: v.detach() for k, v in terms.items()}
         self._unchecked.append(detached)  # checked before the optimizer step
-        if self.ssl is not None and "ssl" in detached and self._total_steps is not None:
-            self.ssl_track.add(self.global_step, detached["ssl"], self._total_steps)
+        if self.ssl is not None and "ssl" in detached and self.total_steps is not None:
+            self.ssl_track.add(self.global_step, detached["ssl"], self.total_steps)
         loss = self.combine(terms)
         batch_size = images.shape[0]
         # Under DDP each rank's terms are those of its shard; their mean over the ranks (equal

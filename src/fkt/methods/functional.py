@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from fkt.fusion import TERMS, build_fusion, check_fusion, split_backward
+from fkt.fusion import TERMS, build_fusion, split_backward
 from fkt.methods.base import Method
 
 
@@ -65,10 +65,6 @@ class Functional(Method):
     def epochs_done(self) -> float:
         """Fractional epochs: the global step over the steps an epoch, so a resumed run sees the same value."""
         return self.global_step / max(1, self.trainer.num_training_batches) if self._trainer is not None else 0.0
-
-    def setup(self, stage):
-        super().setup(stage)
-        check_fusion(self.cfg, self.world_size)  # in case the run's own check guessed the device count wrong
 
     def trainable(self):
         return [self.backbone, *self.ssl.trainable(), self.classifier, self.fusion]

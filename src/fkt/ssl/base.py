@@ -123,8 +123,7 @@ class MomentumObjective(Objective):
         """teacher <- m * teacher + (1 - m) * student, m from the schedule at this step."""
         if not self.training:
             return
-        trainer = method._trainer  # None when a test calls the method by hand
-        m = self.momentum(method.global_step, int(trainer.estimated_stepping_batches) if trainer else 1)
+        m = self.momentum(method.global_step, method.total_steps or 1)  # None when a test calls it by hand
         update_momentum(method.backbone, self.teacher_backbone, m)
         for name in self.teacher_of:
             update_momentum(getattr(self, name), self.teacher_heads[name], m)
