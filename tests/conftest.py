@@ -11,6 +11,7 @@ label back from the loaded pixels and a test can check that labels match the fil
 
 Fixtures:
   fkt_cli(*args, cwd=None) -> CompletedProcess   `fkt ARGS` through cli.main, in this process
+  image_cache -> Path   (autouse) this test's own $FKT_CACHE folder
 
 Helpers (import from conftest): one_error_line(result, *needles, code=None)
   make_dataset(name, **kwargs) -> Generated   each call in a fresh temporary folder
@@ -336,6 +337,14 @@ MAKERS: dict[str, Callable[..., Generated]] = {
 
 
 # --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(autouse=True)
+def image_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Each test its own image cache folder ($FKT_CACHE): none writes to ~/.cache or shares one by accident."""
+    folder = tmp_path_factory.mktemp("fkt_cache")
+    monkeypatch.setenv("FKT_CACHE", str(folder))
+    return folder
+
 
 @pytest.fixture
 def make_dataset(tmp_path_factory) -> Callable[..., Generated]:

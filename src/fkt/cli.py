@@ -68,6 +68,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every-n-steps", dest="trainer.checkpoint_every_n_steps", type=int)
     p.add_argument("--skip-bad-images", dest="data.skip_bad_images", action="store_const", const=True,
                    help="leave unreadable image files out instead of stopping (counted in metrics.json)")
+    p.add_argument("--no-cache", dest="data.cache", action="store_const", const=False,
+                   help="decode image files at every access instead of once into the image cache")
     p.add_argument("--seed", dest="seed", type=int)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set optim.supervised.lr=0.1")

@@ -41,6 +41,11 @@ class DataConfig(_Strict):
     num_workers: int | None = Field(None, ge=0, description="None: chosen from the CPU count")
     scan_images: bool = Field(True, description="decode every image file before training; report all bad ones at once")
     skip_bad_images: bool = Field(False, description="leave unreadable images out (counted in metrics.json)")
+    cache: bool = Field(True, description="decode each image file once into a shared, memory-mapped cache "
+                                          "(its bad-file list replaces the scan); false: decode files at every access")
+    cache_dir: Path | None = Field(None, description="where the image cache lives; None: $FKT_CACHE, else ~/.cache/fkt/images")
+    cache_size: PositiveInt | None = Field(
+        None, description="side the cache stores images at; None: the image size. Larger: resized on access")
     labels_per_class: PositiveInt | None = Field(
         None, description="keep the labels of this many training images per class; the rest become unlabelled")
     labelled_fraction: float | None = Field(

@@ -53,12 +53,19 @@ def read_rgb(path: Path, size: int | None = None) -> Image.Image:
         return to_rgb(img)
 
 
+def resized_rgb(img: Image.Image, size: int) -> np.ndarray:
+    """An RGB image as (size, size, 3) uint8: the one resize that training, evaluation, the image cache
+    and `fkt predict` share for image files, so they cannot drift apart."""
+    return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
 @dataclass
 class ImageSet:
-    """Labelled images. `pixels` (N,H,W[,C] uint8) for sets held in memory, `files` otherwise."""
+    """Labelled images. `pixels` (N,H,W[,C] uint8) for sets held in memory or in the image cache (then
+    `files` too, so reports can name them), `files` alone otherwise."""
 
     targets: np.ndarray
-    pixels: np.ndarray | None = None
+    pixels: np.ndarray | None = None  # or fkt.data.cache.CachedPixels: rows of a memory map
     files: list[Path] | None = None
 
     def __post_init__(self) -> None:

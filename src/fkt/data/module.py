@@ -14,7 +14,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, default
 
 from fkt.config import Config
 from fkt.data import dataset_info, load_dataset
-from fkt.data.base import DataBundle, ImageSet, unlabelled_folder
+from fkt.data.base import DataBundle, ImageSet, resized_rgb, unlabelled_folder
+from fkt.data.cache import CachedPixels, cache_bundle, cache_folder
 from fkt.data.sampler import EpochSampler, JointBatchSampler, ResumableLoader
 from fkt.data.scan import screen_bundle
 from fkt.data.splits import labelled_subset, load_splits, make_splits, save_splits, stratified_subset
@@ -37,26 +38,43 @@ def resize_pixels(pixels: np.ndarray, size: int, chunk: int = 4096) -> torch.Ten
 
 
 def image_tensor(img: Image.Image, size: int) -> torch.Tensor:
-    """An RGB image as the uint8 (3, size, size) tensor a model is fed: the one resize that training,
-    evaluation and `fkt predict` share for image files, so they cannot drift apart."""
-    img = img.resize((size, size), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    """An RGB image as the uint8 (3, size, size) tensor a model is fed (see base.resized_rgb)."""
+    return torch.from_numpy(resized_rgb(img, size).copy()).permute(2, 0, 1)
 
 
 class ResizedImages(Dataset):
-    """(uint8 RGB image of size x size, label). In-memory sets are resized once, files on access."""
+    """(uint8 RGB image of size x size, label). In-memory sets are resized once, image-cache rows are
+    read from the memory map on access (resized if stored larger), files decoded on access."""
 
     def __init__(self, images: ImageSet, size: int) -> None:
         self.images = images
         self.size = size
-        self.cache = resize_pixels(images.pixels, size) if images.pixels is not None else None
+        self.mapped = isinstance(images.pixels, CachedPixels)
+        self.cache = resize_pixels(images.pixels, size) if images.pixels is not None and not self.mapped else None
+
+    @property
+    def in_memory(self) -> bool:
+        """Cheaper to index than to pass through loader workers: resized tensors, or cache rows of the right size."""
+        return self.cache is not None or (self.mapped and self.images.pixels.shape[1] == self.size)
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def cached_row(self, index: int) -> torch.Tensor:
+        pixels = self.images.pixels
+        reason = pixels.reason(index)
+        if reason is not None:  # only with data.scan_images=false: as unreadable as the file itself
+            raise UserError(f"{self.images.files[index]}: cannot read image ({reason})")
+        row = pixels[index]
+        if row.shape[0] != self.size:  # data.cache_size: stored larger, resized as a file would be
+            return image_tensor(Image.fromarray(row), self.size)
+        return torch.from_numpy(np.array(row)).permute(2, 0, 1)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if self.cache is not None:
             x = self.cache[index]
+        elif self.mapped:
+            x = self.cached_row(index)
         else:
             x = image_tensor(self.images.image(index, self.size), self.size)
         if x.shape[0] == 1:
@@ -110,8 +128,12 @@ class FKTDataModule(pl.LightningDataModule):
         for note in bundle.notes:
             print(f"[fkt] {note}", flush=True)
         writes = self.split_file is not None and is_rank_zero()  # other DDP ranks read, never write
+        bad = None  # the image cache decodes every file anyway: its list of bad ones replaces the scan
+        if cfg.cache:
+            bad = cache_bundle(bundle, cfg.cache_size or self.image_size, cache_folder(cfg.cache_dir))
         if cfg.scan_images or cfg.skip_bad_images:  # before the split: its indices count the readable images
-            screen_bundle(bundle, cfg.skip_bad_images, self.split_file.parent / "bad_images.txt" if writes else None)
+            screen_bundle(bundle, cfg.skip_bad_images, self.split_file.parent / "bad_images.txt" if writes else None,
+                          bad)
         splits, saved, meta = self.splits(bundle)
         test = bundle.test if bundle.test is not None else bundle.train.subset(np.array(splits["test"]))
         parts = {"train": bundle.train.subset(np.array(splits.get("labelled", splits["train"]))),
@@ -179,7 +201,7 @@ class FKTDataModule(pl.LightningDataModule):
 
     def options(self, parts: list[ResizedImages]) -> dict:
         cfg = self.config.data
-        in_memory = all(part.cache is not None for part in parts)
+        in_memory = all(part.in_memory for part in parts)
         workers = cfg.num_workers if cfg.num_workers is not None else default_workers(in_memory)
         return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 

@@ -63,18 +63,21 @@ def scan_images(files: list[Path], workers: int | None = None) -> list[tuple[Pat
     return [(path, reason) for path, reason in zip(files, reasons) if reason is not None]
 
 
-def screen_bundle(bundle: DataBundle, skip: bool, report: Path | None) -> None:
-    """Scan a file-based bundle. Bad images stop the run with one line (all of them written to
-    `report`, one `path<TAB>reason` a line), or with `skip` are left out and kept in `bundle.skipped`."""
+def screen_bundle(bundle: DataBundle, skip: bool, report: Path | None,
+                  bad: list[tuple[Path, str]] | None = None) -> None:
+    """Scan a file-based bundle (unless `bad`, its unreadable files, is known: the image cache found
+    them). Bad images stop the run with one line (all of them written to `report`, one
+    `path<TAB>reason` a line), or with `skip` are left out and kept in `bundle.skipped`."""
     sets = {name: images for name, images in (("train", bundle.train), ("test", bundle.test),
                                               ("unlabelled", bundle.unlabelled))
             if images is not None and images.files}
     files = [path for images in sets.values() for path in images.files]
     if not files:
         return
-    if len(files) >= ANNOUNCE:
-        print(f"[fkt] checking {len(files):,} image files (data.scan_images=false skips this)", flush=True)
-    bad = scan_images(files)
+    if bad is None:
+        if len(files) >= ANNOUNCE:
+            print(f"[fkt] checking {len(files):,} image files (data.scan_images=false skips this)", flush=True)
+        bad = scan_images(files)
     if report is not None:
         if bad:
             atomic_write_text(report, "".join(f"{path}\t{reason}\n" for path, reason in bad))

@@ -1,0 +1,160 @@
+"""The image cache against decoding files at every access: APTOS-size PNGs (3216x2136) and
+Intel-size JPEGs (150x150), generated in an imagefolder layout.
+
+    python benchmarks/cache_bench.py [--pngs 48] [--jpegs 480] [--image-size 224] [--batch-size 16]
+                                     [--dir DIR] [--no-train]
+
+prints the machine, the cache build (seconds, images/s, images/s per core), one epoch of data loading
+(a DataLoader over the training split, default workers) with and without the cache, and one
+end-to-end `fkt train` epoch (supervised, ResNet-18) with and without `--no-cache`, with the ratios.
+The cached loading and training read a cache built beforehand (a later epoch, run or grid cell); a
+first run adds the build time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+APTOS = (3216, 2136)
+INTEL = (150, 150)
+
+
+def machine() -> str:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        model = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "unknown CPU"
+    return f"{model}, {len(os.sched_getaffinity(0))} cores usable ({os.cpu_count()} online)"
+
+
+def fundus(seed: int, size: tuple[int, int] = APTOS) -> Image.Image:
+    """A bright disc on black with a radial gradient, blotches and fine noise: compresses like a real
+    fundus photograph, not like pure noise."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.ogrid[:h, :w]
+    r = np.hypot((x - w / 2) / (0.46 * w), (y - h / 2) / (0.48 * h)).astype(np.float32)
+    tint = np.array([200, 90, 40], np.float32) * rng.uniform(0.8, 1.1, 3).astype(np.float32)
+    glow = np.clip(1.1 - 0.7 * r, 0, 1)[..., None] * tint
+    for _ in range(12):  # vessels and spots as soft blobs
+        cx, cy, s = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h, rng.uniform(20, 200)
+        glow *= 1 - 0.3 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s))[..., None].astype(np.float32)
+    glow += rng.normal(0, 3, (h, w, 1)).astype(np.float32)
+    glow[r > 1] = 0
+    return Image.fromarray(np.clip(glow, 0, 255).astype(np.uint8))
+
+
+def scene(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: INTEL[1], : INTEL[0]].astype(np.float32)
+    base = 128 + 60 * np.sin(x / rng.uniform(5, 20) + rng.uniform(0, 6)) * np.cos(y / rng.uniform(5, 20))
+    rgb = base[..., None] * rng.uniform(0.5, 1.2, 3) + rng.normal(0, 8, (*base.shape, 3))
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+def generate(root: Path, pngs: int, jpegs: int) -> None:
+    """`root/train/<class>/`: PNGs and JPEGs dealt over two classes, written in threads."""
+    def write(i: int) -> None:
+        folder = root / "train" / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if i < pngs:
+            fundus(i).save(folder / f"fundus{i:05d}.png")
+        else:
+            scene(i).save(folder / f"scene{i:05d}.jpg", quality=90)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        list(pool.map(write, range(pngs + jpegs)))
+    print(f"generated {pngs} PNGs {APTOS[0]}x{APTOS[1]} and {jpegs} JPEGs {INTEL[0]}x{INTEL[1]} in {root} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def data_config(root: Path, args: argparse.Namespace, cache: bool):
+    from fkt.config import build_config
+
+    return build_config({"data": {"dataset": "imagefolder", "root": str(root), "image_size": args.image_size,
+                                  "batch_size": args.batch_size, "cache": cache}})
+
+
+def build_seconds(root: Path, args: argparse.Namespace) -> tuple[float, int]:
+    from fkt.data import load_dataset
+    from fkt.data.cache import cache_folder, cached_pixels
+
+    train = load_dataset("imagefolder", root).train
+    start = time.perf_counter()
+    cached_pixels(train, args.image_size, cache_folder(None))
+    return time.perf_counter() - start, len(train)
+
+
+def loading_epoch(root: Path, args: argparse.Namespace, cache: bool) -> tuple[float, int, int]:
+    """Seconds for one epoch of the training loader, its images and its workers."""
+    from fkt.data.module import FKTDataModule
+
+    module = FKTDataModule(data_config(root, args, cache))
+    module.setup()
+    loader = module.train_loader("labelled")
+    start = time.perf_counter()
+    images = sum(len(x) for x, _ in loader)
+    return time.perf_counter() - start, images, loader.num_workers
+
+
+def train_epoch(root: Path, out: Path, args: argparse.Namespace, cache: bool) -> tuple[float, float]:
+    """Wall seconds of `fkt train` (one epoch, test evaluation included) and its own train_seconds."""
+    command = [sys.executable, "-m", "fkt", "train", "--method", "supervised", "--dataset", "imagefolder",
+               "--data-root", str(root), "--epochs", "1", "--image-size", str(args.image_size), "--backbone",
+               "resnet18", "--batch-size", str(args.batch_size), "--out", str(out), "--no-progress"]
+    start = time.perf_counter()
+    subprocess.run(command + ([] if cache else ["--no-cache"]), check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    return wall, json.loads((out / "metrics.json").read_text())["compute"]["train_seconds"]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pngs", type=int, default=48, help="APTOS-size PNGs (3216x2136)")
+    parser.add_argument("--jpegs", type=int, default=480, help="Intel-size JPEGs (150x150)")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--dir", type=Path, help="work folder (default: a temporary one, removed after)")
+    parser.add_argument("--no-train", action="store_true", help="skip the end-to-end training epochs")
+    args = parser.parse_args(argv)
+    cores = len(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory(prefix="fkt-cache-bench-") as tmp:
+        work = args.dir or Path(tmp)
+        root = work / "data"
+        os.environ["FKT_CACHE"] = str(work / "cache")  # a fresh cache: the build is measured, not found
+        print(f"machine: {machine()}", flush=True)
+        generate(root, args.pngs, args.jpegs)
+        seconds, n = build_seconds(root, args)
+        print(f"cache build: {n} images in {seconds:.1f} s, {n / seconds:.1f} images/s, "
+              f"{n / seconds / cores:.1f} images/s per core", flush=True)
+        loading = {cache: loading_epoch(root, args, cache) for cache in (False, True)}
+        for cache, (secs, images, workers) in loading.items():
+            print(f"loading epoch {'with' if cache else 'without'} the cache: {images} images in {secs:.2f} s "
+                  f"({images / secs:.1f} images/s, {workers} workers)", flush=True)
+        print(f"loading speed-up: {loading[False][0] / loading[True][0]:.1f}x", flush=True)
+        if not args.no_train:
+            runs = {cache: train_epoch(root, work / f"run-{cache}", args, cache) for cache in (False, True)}
+            for cache, (wall, train) in runs.items():
+                print(f"fkt train, 1 epoch {'with' if cache else 'without'} the cache: {wall:.1f} s wall, "
+                      f"{train:.1f} s training", flush=True)
+            print(f"training speed-up: {runs[False][0] / runs[True][0]:.2f}x wall, "
+                  f"{runs[False][1] / runs[True][1]:.2f}x training "
+                  f"(a first run adds the {seconds:.1f} s build)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
