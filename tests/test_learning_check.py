@@ -72,6 +72,27 @@ def test_the_track_keeps_both_ends_across_a_checkpoint():
     assert LossTrack().summary() is None
 
 
+def test_a_queue_objective_is_judged_once_its_queue_has_filled():
+    # MoCo's loss against a random initial queue starts low and rises while real keys replace it
+    # (measured: 5.06 -> 7.58 over 50 steps, chance ln 4097 = 8.32): judged from step 0 it "rose"
+    rising = [5.0 + 2.5 * min(1.0, step / 32) - 0.04 * max(0, step - 32) for step in range(50)]
+    for start, expected in ((0, "fell by -"), (32, None)):  # 32 = MoCo's 4096 keys / batch 128
+        track = LossTrack()
+        for step, value in enumerate(rising):
+            track.add(step, torch.tensor(value), 50, start)
+        s = track.summary()
+        reason = did_not_learn(s["start"], s["end"], 0.0, math.log(4097))
+        assert (reason is None) if expected is None else expected in reason
+    assert s["settle"] == 32 and s["start"] == pytest.approx(sum(rising[32:37]) / 5)
+    short = LossTrack()  # a stage too short for a window after the queue fills: only chance judges
+    for step in range(20):
+        short.add(step, torch.tensor(8.3), 20, 32)
+    assert short.summary()["start"] is None
+    line = stage_warning("train", {"objective": "moco", **short.summary(), "floor": 0.0, "chance": math.log(4097),
+                                   "optimizer": "optim.ssl"})
+    assert "start unmeasured" in line and "chance" in line and "fell" not in line
+
+
 # --------------------------------------------------------------------------- real tiny runs
 
 def run_config(data, out, method, ssl_optimizer, seed=0, **optim):

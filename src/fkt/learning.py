@@ -26,7 +26,7 @@ def window(total_steps: int) -> int:
     return min(WINDOW_MAX, max(WINDOW_MIN, round(WINDOW_FRACTION * total_steps)))
 
 
-def did_not_learn(start: float, end: float, floor: float, chance: float | None) -> str | None:
+def did_not_learn(start: float | None, end: float, floor: float, chance: float | None) -> str | None:
     """Why a loss that went from `start` to `end` shows no learning, or None where it does.
 
     Two signs, either enough:
@@ -39,9 +39,10 @@ def did_not_learn(start: float, end: float, floor: float, chance: float | None) 
       5% from a start above chance (a freshly initialised projector can do worse than chance) and
       still end at chance: the fall alone would pass it.
     A short stage's noise can trip the first sign; the warning says the numbers so a reader can judge.
+    `start` is None where the stage was too short to measure one after the objective settled.
     """
     reasons = []
-    if start - end < MIN_FALL * (start - floor):
+    if start is not None and start - end < MIN_FALL * (start - floor):
         fell = (start - end) / (start - floor) if start > floor else 0.0
         reasons.append(f"fell by {100 * fell:.1f}% of its distance above its floor {floor:g} (under {100 * MIN_FALL:g}%)")
     if chance is not None and abs(end - chance) < NEAR_CHANCE * abs(chance):
@@ -57,13 +58,17 @@ def stage_warning(stage: str, progress: dict[str, Any]) -> str | None:
     if reason is None:
         return None
     chance = "unknown" if progress["chance"] is None else f"{progress['chance']:.4f}"
-    return (f"stage '{stage}': the {progress['objective']} SSL term did not learn: start {progress['start']:.4f}, "
-            f"end {progress['end']:.4f}, chance {chance} (means over the first and last {progress['window']} of "
+    start = "unmeasured" if progress["start"] is None else f"{progress['start']:.4f}"
+    first = f"from step {progress['settle']}" if progress.get("settle") else "first"
+    return (f"stage '{stage}': the {progress['objective']} SSL term did not learn: start {start}, "
+            f"end {progress['end']:.4f}, chance {chance} (means over the {first} and last {progress['window']} of "
             f"{progress['steps']} steps); it {reason}. Check the optimiser it trained with: {progress['optimizer']}")
 
 
 class LossTrack:
-    """The mean of a loss term over the first and the last `window(total)` steps of a stage.
+    """The mean of a loss term over the first and the last `window(total)` steps of a stage; the
+    first from step `settle` on, once an objective's queue or bank holds real keys (before that its
+    loss measures a random queue, and rises as the queue fills whether or not the network learns).
 
     `add` sums detached tensors on their device (no host sync per step); numbers are read only at
     a checkpoint and at the end. The sums go into the checkpoint, so a resumed stage still knows its
@@ -73,29 +78,33 @@ class LossTrack:
     def __init__(self) -> None:
         self.sums: dict[str, float | torch.Tensor] = {"first": 0.0, "last": 0.0}
         self.counts = {"first": 0, "last": 0}
-        self.total = 0
+        self.total = self.settle = 0
 
-    def add(self, step: int, value: torch.Tensor, total: int) -> None:
-        self.total = total
+    def add(self, step: int, value: torch.Tensor, total: int, settle: int = 0) -> None:
+        self.total, self.settle = total, settle
         k = window(total)
         value = value.detach().float()
-        for part, inside in (("first", step < k), ("last", step >= total - k)):
+        first = settle <= step < settle + k and settle + k <= total - k  # never overlapping the last
+        for part, inside in (("first", first), ("last", step >= total - k)):
             if inside:
                 self.sums[part] = self.sums[part] + value
                 self.counts[part] += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": {k: float(v) for k, v in self.sums.items()}, "counts": dict(self.counts), "total": self.total}
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "counts": dict(self.counts), "total": self.total,
+                "settle": self.settle}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums = dict(state["sums"])
         self.counts = dict(state["counts"])
         self.total = state["total"]
+        self.settle = state.get("settle", 0)  # not in checkpoints from before queues settled
 
     def summary(self) -> dict[str, Any] | None:
-        """{start, end, window, steps}, or None where a part was never seen."""
-        if not (self.counts["first"] and self.counts["last"]):
+        """{start, end, window, steps, settle}, or None where the end was never seen; start is None
+        where the stage ended before a first window after `settle`."""
+        if not self.counts["last"]:
             return None
-        return {"start": float(self.sums["first"]) / self.counts["first"],
-                "end": float(self.sums["last"]) / self.counts["last"],
-                "window": window(self.total), "steps": self.total}
+        start = float(self.sums["first"]) / self.counts["first"] if self.counts["first"] else None
+        return {"start": start, "end": float(self.sums["last"]) / self.counts["last"],
+                "window": window(self.total), "steps": self.total, "settle": self.settle}

@@ -195,7 +195,8 @@ class Method(pl.LightningModule):
         detached = {k: v.detach() for k, v in terms.items()}
         self._unchecked.append(detached)  # checked before the optimizer step
         if self.ssl is not None and "ssl" in detached and self.total_steps is not None:
-            self.ssl_track.add(self.global_step, detached["ssl"], self.total_steps)
+            self.ssl_track.add(self.global_step, detached["ssl"], self.total_steps,
+                               self.ssl.settle_steps(self.cfg.data.batch_size * self.world_size))
         loss = self.combine(terms)
         batch_size = images.shape[0]
         # Under DDP each rank's terms are those of its shard; their mean over the ranks (equal

@@ -76,6 +76,11 @@ class Objective(nn.Module):
     def chance(self, batch_size: int) -> float | None:
         return None
 
+    def settle_steps(self, batch_size: int) -> int:
+        """Steps before the loss means what it means at the end (a queue filling): the no-learning
+        check starts its first window there."""
+        return 0
+
     @classmethod
     def check(cls, config: Config) -> None:
         """Raise UserError, naming the field, where the objective cannot run with these settings

@@ -45,3 +45,6 @@ class MoCo(MomentumObjective):
 
     def chance(self, batch_size):
         return math.log(self.queue + 1)  # uniform over the positive and the queued negatives
+
+    def settle_steps(self, batch_size):
+        return math.ceil(self.queue / batch_size)  # until the random initial entries are all replaced

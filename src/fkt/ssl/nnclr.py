@@ -43,3 +43,6 @@ class NNCLR(Objective):
 
     def chance(self, batch_size):
         return math.log(2 * batch_size - 1)  # NT-Xent: uniform over the 2B-1 candidates
+
+    def settle_steps(self, batch_size):
+        return math.ceil(self.bank_size / batch_size)  # until the random initial entries are all replaced
