@@ -2,13 +2,17 @@
 Intel-size JPEGs (150x150), generated in an imagefolder layout.
 
     python benchmarks/cache_bench.py [--pngs 48] [--jpegs 480] [--image-size 224] [--batch-size 16]
-                                     [--dir DIR] [--no-train]
+                                     [--backbone resnet18] [--accelerator cpu] [--precision 32-true]
+                                     [--dir DIR] [--no-train] [--cached-only]
 
 prints the machine, the cache build (seconds, images/s, images/s per core), one epoch of data loading
 (a DataLoader over the training split, default workers) with and without the cache, and one
-end-to-end `fkt train` epoch (supervised, ResNet-18) with and without `--no-cache`, with the ratios.
-The cached loading and training read a cache built beforehand (a later epoch, run or grid cell); a
-first run adds the build time.
+end-to-end `fkt train` epoch (supervised) with and without `--no-cache`, with the ratios, and the
+share of the cached training epoch that loading takes (the cache is read in the main process, so
+loading and the step do not overlap: loading epoch / training seconds is the time spent waiting
+for data). The cached loading and training read a cache built beforehand (a later epoch, run or
+grid cell); a first run adds the build time. `--cached-only` skips the uncached runs (on a GPU
+machine, where only the cached figures are wanted: scripts/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -110,15 +114,18 @@ def loading_epoch(root: Path, args: argparse.Namespace, cache: bool) -> tuple[fl
     return time.perf_counter() - start, images, loader.num_workers
 
 
-def train_epoch(root: Path, out: Path, args: argparse.Namespace, cache: bool) -> tuple[float, float]:
-    """Wall seconds of `fkt train` (one epoch, test evaluation included) and its own train_seconds."""
+def train_epoch(root: Path, out: Path, args: argparse.Namespace, cache: bool) -> tuple[float, float, int]:
+    """Wall seconds of `fkt train` (one epoch, test evaluation included), its own train_seconds and
+    the images it trained on."""
     command = [sys.executable, "-m", "fkt", "train", "--method", "supervised", "--dataset", "imagefolder",
                "--data-root", str(root), "--epochs", "1", "--image-size", str(args.image_size), "--backbone",
-               "resnet18", "--batch-size", str(args.batch_size), "--out", str(out), "--no-progress"]
+               args.backbone, "--batch-size", str(args.batch_size), "--accelerator", args.accelerator,
+               "--precision", args.precision, "--devices", "1", "--out", str(out), "--no-progress"]
     start = time.perf_counter()
     subprocess.run(command + ([] if cache else ["--no-cache"]), check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    return wall, json.loads((out / "metrics.json").read_text())["compute"]["train_seconds"]
+    compute = json.loads((out / "metrics.json").read_text())["compute"]
+    return wall, compute["train_seconds"], compute["image_passes"]
 
 
 def main(argv: list[str]) -> int:
@@ -128,7 +135,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dir", type=Path, help="work folder (default: a temporary one, removed after)")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--precision", default="32-true")
     parser.add_argument("--no-train", action="store_true", help="skip the end-to-end training epochs")
+    parser.add_argument("--cached-only", action="store_true", help="skip the runs without the cache")
     args = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="fkt-cache-bench-") as tmp:
@@ -140,19 +151,25 @@ def main(argv: list[str]) -> int:
         seconds, n = build_seconds(root, args)
         print(f"cache build: {n} images in {seconds:.1f} s, {n / seconds:.1f} images/s, "
               f"{n / seconds / cores:.1f} images/s per core", flush=True)
-        loading = {cache: loading_epoch(root, args, cache) for cache in (False, True)}
+        modes = (True,) if args.cached_only else (False, True)
+        loading = {cache: loading_epoch(root, args, cache) for cache in modes}
         for cache, (secs, images, workers) in loading.items():
             print(f"loading epoch {'with' if cache else 'without'} the cache: {images} images in {secs:.2f} s "
                   f"({images / secs:.1f} images/s, {workers} workers)", flush=True)
-        print(f"loading speed-up: {loading[False][0] / loading[True][0]:.1f}x", flush=True)
+        if not args.cached_only:
+            print(f"loading speed-up: {loading[False][0] / loading[True][0]:.1f}x", flush=True)
         if not args.no_train:
-            runs = {cache: train_epoch(root, work / f"run-{cache}", args, cache) for cache in (False, True)}
-            for cache, (wall, train) in runs.items():
-                print(f"fkt train, 1 epoch {'with' if cache else 'without'} the cache: {wall:.1f} s wall, "
-                      f"{train:.1f} s training", flush=True)
-            print(f"training speed-up: {runs[False][0] / runs[True][0]:.2f}x wall, "
-                  f"{runs[False][1] / runs[True][1]:.2f}x training "
-                  f"(a first run adds the {seconds:.1f} s build)", flush=True)
+            runs = {cache: train_epoch(root, work / f"run-{cache}", args, cache) for cache in modes}
+            for cache, (wall, train, passes) in runs.items():
+                print(f"fkt train, 1 epoch {'with' if cache else 'without'} the cache ({args.backbone}, "
+                      f"{args.image_size} px, {args.accelerator}, {args.precision}): {wall:.1f} s wall, {train:.1f} s "
+                      f"training, {passes / train:.1f} images/s (validation included)", flush=True)
+            print(f"waiting for data with the cache: about {100 * min(1.0, loading[True][0] / runs[True][1]):.0f}% "
+                  "of the training epoch (loading epoch / training seconds)", flush=True)
+            if not args.cached_only:
+                print(f"training speed-up: {runs[False][0] / runs[True][0]:.2f}x wall, "
+                      f"{runs[False][1] / runs[True][1]:.2f}x training "
+                      f"(a first run adds the {seconds:.1f} s build)", flush=True)
     return 0
 
 

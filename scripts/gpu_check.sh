@@ -6,7 +6,9 @@
 #      functional-clean throughput;
 #   3. a real bf16 `fkt train` (functional, TRAIN_EPOCHS epochs) on generated data in the CIFAR-10
 #      python layout (the GPU machine has no datasets), with the 100-epoch time it implies;
-#   4. optionally (COMPILE_METHODS, empty to skip) `fkt bench --compile` for those methods.
+#   4. optionally (COMPILE_METHODS, empty to skip) `fkt bench --compile` for those methods;
+#   5. optionally (CACHE_JPEGS, 0 to skip) ResNet-50 at 224 px from the image cache
+#      (benchmarks/cache_bench.py --cached-only): images/s and the share of time waiting for data.
 #
 # Usage: scripts/gpu_check.sh [OUTDIR]        (default: $OUT, else ./gpu-check)
 # Everything goes to OUTDIR: env.txt, bench.json, bench.txt, extrapolation.txt, data/, train/,
@@ -42,6 +44,11 @@ COMPILE_METHODS="${COMPILE_METHODS-functional-clean}"
 COMPILE_TIMEOUT="${COMPILE_TIMEOUT:-150}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-300}"  # seconds; with the training's, well under 8 minutes
 TRAIN_TIMEOUT="${TRAIN_TIMEOUT:-150}"
+CACHE_JPEGS="${CACHE_JPEGS:-6000}"     # Intel-size JPEGs for the ResNet-50 224 px epoch from the cache
+CACHE_BACKBONE="${CACHE_BACKBONE:-resnet50}"
+CACHE_SIZE="${CACHE_SIZE:-224}"
+CACHE_BATCH="${CACHE_BATCH:-128}"
+CACHE_TIMEOUT="${CACHE_TIMEOUT:-240}"
 
 case "$DEVICE" in cpu) ACCEL=cpu ;; *) ACCEL=gpu ;; esac
 
@@ -121,6 +128,19 @@ if [[ -n "$COMPILE_METHODS" ]]; then
     cat "$OUTDIR/bench-compile.txt" >> "$SUMMARY"
   else
     FAILED+=("bench --compile (exit or timeout after $COMPILE_TIMEOUT s)")
+  fi
+fi
+
+# --- 5. ResNet-50 at 224 px from the image cache
+if ((CACHE_JPEGS > 0)); then
+  note "== ${CACHE_BACKBONE} at ${CACHE_SIZE} px from the image cache: $CACHE_JPEGS generated JPEGs"
+  if timeout "$CACHE_TIMEOUT" "$PY" "$REPO/benchmarks/cache_bench.py" --pngs 0 --jpegs "$CACHE_JPEGS" --cached-only \
+      --backbone "$CACHE_BACKBONE" --image-size "$CACHE_SIZE" --batch-size "$CACHE_BATCH" --accelerator "$ACCEL" \
+      --precision "$PRECISION" > "$OUTDIR/cache.txt" 2>&1; then
+    cat "$OUTDIR/cache.txt" >> "$SUMMARY"
+  else
+    FAILED+=("cache bench (exit or timeout after $CACHE_TIMEOUT s; see cache.txt)")
+    tail -n 20 "$OUTDIR/cache.txt"
   fi
 fi
 

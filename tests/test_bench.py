@@ -207,7 +207,8 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     env = {**os.environ, "DEVICE": "cpu", "PRECISION": "32-true", "METHODS": "functional-clean",
            "BATCH": "8", "SIZE": "16", "STEPS": "1", "WARMUP": "1", "REPEATS": "1",
            "TRAIN_PER_CLASS": "4", "TEST_PER_CLASS": "2", "TRAIN_BATCH": "8", "TRAIN_EPOCHS": "1",
-           "COMPILE_METHODS": "", "PYTHON": sys.executable}
+           "COMPILE_METHODS": "", "CACHE_JPEGS": "24", "CACHE_BACKBONE": "resnet18", "CACHE_SIZE": "16",
+           "CACHE_BATCH": "4", "PYTHON": sys.executable}
     out = tmp_path / "check"
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(out)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=900)
@@ -220,3 +221,4 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     assert metrics["compute"]["epochs"] == 1 and metrics["test"]["accuracy"] >= 0
     summary = (out / "summary.txt").read_text()
     assert "extrapolated" in summary and "train" in summary
+    assert "from the image cache" in summary and "waiting for data with the cache" in summary
