@@ -141,6 +141,17 @@ ROWS: list[tuple[str, str, str, list[str]]] = [
     ("Few labels", "SIGKILL mid-epoch of a functional run with two streams (pool and cycling labelled batch)",
      "the rerun ends with the weights and metrics of an uninterrupted run",
      ["test_faults.py::test_a_few_label_run_with_two_streams_resumes_exactly_after_sigkill"]),
+    ("Image cache", "Two runs (grid cells, DDP ranks) needing the same image cache at once",
+     "one builds it under an flock, the other waits and opens it; both read identical pixels",
+     ["test_cache.py::test_two_processes_build_once_and_get_the_same_pixels"]),
+    ("Image cache", "A damaged cache: truncated or missing data file, edited or garbled index; a killed "
+     "build's temporary file", "rebuilt with a one-line note; leftovers removed",
+     ["test_cache.py::test_a_damaged_cache_is_rebuilt_with_a_note"]),
+    ("Image cache", "Disk full while building the cache", "one line naming the folder and the space needed, "
+     "exit 2; no file left but the lock", ["test_cache.py::test_a_full_disk_is_one_line_and_leaves_no_file"]),
+    ("Image cache", "An image file changed, added or removed after the cache was built",
+     "a new cache (the key holds every file's size and mtime); the new pixels are used",
+     ["test_cache.py::test_a_changed_or_removed_file_makes_a_new_cache"]),
 ]
 
 

@@ -165,7 +165,7 @@ while not go.exists():
     time.sleep(0.01)
 build = cache.build
 def slow_build(*args):  # both must be past the first look for a cache while the first one builds
-    time.sleep(1.0)
+    time.sleep(2.0)
     build(*args)
 cache.build = slow_build
 train = imagefolder.load(Path(sys.argv[3])).train
