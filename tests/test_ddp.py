@@ -10,7 +10,12 @@ Two checks, both on CPU processes talking over gloo on the loopback interface:
   gathering the negatives, it does not.
 * `test_two_process_cli_run_writes_one_consistent_run`: `fkt train --devices 2 --strategy ddp`
   (Lightning's subprocess launcher re-runs the command for rank 1) leaves one run directory with
-  one metrics.json whose compute count and test metrics are those of the whole run.
+  one metrics.json whose compute count and test metrics are those of the whole run; each rank
+  validated only its shard of an odd-sized validation set, and the logged val/acc and val/loss
+  are still those of the whole set.
+
+Beside them, in one process, `test_the_trainers_validation_loader_is_sharded_over_the_ranks_and_no_other_loader_is`
+checks the shards the data module hands each rank for any world size.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -33,12 +39,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import make_fashion_mnist
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from fkt.cli import main
 from fkt.config import build_config
+from fkt.data.module import FKTDataModule
 from fkt.data.transforms import Normalize, to_float
-from fkt.engine import evaluate_checkpoint
+from fkt.engine import checkpoint_data, evaluate_checkpoint, load_checkpoint
 from fkt.methods import MODULES
 from fkt.objectives import weighted_total
 
@@ -383,32 +391,123 @@ def test_one_ddp_step_equals_one_process_on_the_global_batch(tmp_path):
     assert worst_gap(local[0]["grads"], want["grads"], "backbone.")[0] > 1e-3
 
 
+# --------------------------------------------------------------------------- the validation shards
+
+def test_the_trainers_validation_loader_is_sharded_over_the_ranks_and_no_other_loader_is(tmp_path):
+    """Rank r of w validates images r, r+w, ... (no padding, no duplicates); with fewer images than
+    ranks, every rank validates them all. `loader("val")` without `shard`, which `fkt train`
+    evaluates the best checkpoint with after fit (the DDP trainer still attached), and the test
+    loader, see every image."""
+    generated = make_fashion_mnist(tmp_path / "data", num_classes=5, train_per_class=3, test_per_class=1, gz=False)
+    config = build_config({"data": {"dataset": "fashion-mnist", "root": str(generated.root), "image_size": 16,
+                                    "batch_size": 2, "eval_batch_size": 2, "val_fraction": 0.2, "num_workers": 0}})
+    data = FKTDataModule(config)
+    data.setup()
+    val, n = data.sets["val"], len(data.sets["val"])
+    assert n == 5
+
+    def indices(loader: DataLoader) -> list[int]:
+        dataset = loader.dataset
+        if isinstance(dataset, Subset):
+            assert dataset.dataset is val
+            return list(dataset.indices)
+        return list(range(len(dataset)))
+
+    assert indices(data.val_dataloader()) == list(range(n))  # no trainer: one process
+    for world in (1, 2, 3, 5):
+        shards = []
+        for rank in range(world):
+            data.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+            shards.append(indices(data.val_dataloader()))
+            assert indices(data.loader("val")) == list(range(n))
+            assert len(data.loader("test").dataset) == len(data.sets["test"]) == 5
+        assert shards == [list(range(rank, n, world)) for rank in range(world)]
+    data.trainer = SimpleNamespace(global_rank=1, world_size=2)
+    images = torch.cat([x for x, _ in data.val_dataloader()])
+    assert torch.equal(images, torch.stack([val[i][0] for i in (1, 3)]))
+    for rank in (0, 5):  # 6 ranks, 5 images: no empty shard, every rank validates all 5
+        data.trainer = SimpleNamespace(global_rank=rank, world_size=6)
+        assert indices(data.val_dataloader()) == list(range(n))
+
+
 # --------------------------------------------------------------------------- the CLI on 2 processes
 
 def train_args(data_root: Path, out: Path, batch_size: int, devices: int, strategy: str) -> list[str]:
+    # eval batches of 7: the validation shards of 8 and 7 images take 2 batches and 1, so the ranks
+    # also run different numbers of validation steps (only the first forward syncs DDP's buffers)
     return ["train", "--method", "functional", "--dataset", "fashion-mnist", "--data-root", str(data_root),
             "--image-size", "16", "--batch-size", str(batch_size), "--epochs", "1", "--accelerator", "cpu",
             "--devices", str(devices), "--strategy", strategy, "--num-workers", "0", "--no-progress",
-            "--set", "data.val_fraction=0.2", "--set", "model.proj_hidden_dim=64", "--out", str(out)]
+            "--set", "data.val_fraction=0.2", "--set", "data.eval_batch_size=7", "--set", "model.proj_hidden_dim=64",
+            "--out", str(out)]
 
 
 def files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+def fingerprint(image: torch.Tensor) -> str:
+    """One uint8 image (3, H, W), as the validation loader gives it, by its bytes (as RECORDING_CLI's)."""
+    return image.contiguous().numpy().tobytes().hex()
+
+
+# `fkt train` itself, with each rank's validation images recorded in <this folder>/seen/rank<r>.json:
+# the test's window on which images each rank evaluated. Lightning's subprocess launcher starts
+# rank 1 with the same script and arguments.
+RECORDING_CLI = """
+import json, sys
+from pathlib import Path
+from fkt.cli import main
+from fkt.methods.base import Method
+
+seen = []
+validation_step, epoch_end = Method.validation_step, Method.on_validation_epoch_end
+
+def recording_step(self, batch, batch_idx):
+    seen.extend(image.contiguous().numpy().tobytes().hex() for image in batch[0].cpu())
+    return validation_step(self, batch, batch_idx)
+
+def recording_epoch_end(self):
+    # here, before the metrics are gathered: rank 0 cannot finish the run before rank 1 has written
+    folder = Path(__file__).parent / "seen"
+    folder.mkdir(exist_ok=True)
+    (folder / f"rank{self.global_rank}.json").write_text(json.dumps(seen))
+    return epoch_end(self)
+
+Method.validation_step, Method.on_validation_epoch_end = recording_step, recording_epoch_end
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def whole_set_outputs(checkpoint: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The validation set of a run (its saved split), in order: each image's fingerprint, and the
+    checkpoint's logits and the labels, in one process."""
+    module = load_checkpoint(checkpoint)  # on the CPU, in eval mode
+    val = checkpoint_data(module, checkpoint).sets["val"]
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    targets = torch.tensor([val[i][1] for i in range(len(val))])
+    with torch.no_grad():
+        logits = module(module.normalize(images))
+    return [fingerprint(image) for image in images], logits, targets
+
+
 @pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="--devices 2 on CPU needs 2 cores")
 def test_two_process_cli_run_writes_one_consistent_run(tmp_path):
-    # 21 a class: 84 images, 16 for validation, 68 to train on: 34 a rank, 4 batches of 8 and 2 left out
-    data = make_fashion_mnist(tmp_path / "data", num_classes=4, train_per_class=21, test_per_class=5, gz=False)
+    # 17 a class: 85 images, 3 a class (15) to validate on, 70 to train on: 35 a rank, 4 batches of 8
+    # and 3 left out. The 15 validation images are sharded 8 and 7 (an odd set: shards of two sizes).
+    data = make_fashion_mnist(tmp_path / "data", num_classes=5, train_per_class=17, test_per_class=4, gz=False)
     data_files = files_under(data.root)
     out, cwd = tmp_path / "runs" / "ddp", tmp_path / "cwd"
     cwd.mkdir()
+    script = tmp_path / "cli" / "fkt_recording.py"
+    script.parent.mkdir()
+    script.write_text(RECORDING_CLI)
     env = {**os.environ, **loopback_env(free_port()), "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
         env.pop(name, None)
     # Lightning's subprocess launcher runs this same command again as rank 1
-    result = subprocess.run([sys.executable, "-m", "fkt", *train_args(data.root, out, 8, WORLD, "ddp")],
+    result = subprocess.run([sys.executable, str(script), *train_args(data.root, out, 8, WORLD, "ddp")],
                             cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-6000:]
@@ -430,7 +529,7 @@ def test_two_process_cli_run_writes_one_consistent_run(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     split = json.loads((out / "split.json").read_text())["indices"]
     assert metrics["test"]["n"] == len(data.test_labels) == 20  # the whole test set, on rank 0 alone
-    assert metrics["val"]["n"] == len(split["val"])
+    assert metrics["val"]["n"] == len(split["val"]) == 15  # the whole validation set, on rank 0 alone
     # EpochSampler: each rank takes len(train) // 2 indices; batches of 8 drop the rest; 3 passes
     # per image (two views and the clean classifier input); counted for both ranks together.
     steps = (len(split["train"]) // WORLD) // 8
@@ -438,14 +537,32 @@ def test_two_process_cli_run_writes_one_consistent_run(tmp_path):
     expected = WORLD * steps * 8 * 3
     assert metrics["compute"]["image_passes"] == metrics["compute"]["stages"]["train"]["image_passes"] == expected
 
-    # The val accuracy best.ckpt was chosen on (val/acc, reduced over the ranks) is that of the
-    # whole validation set, and the best checkpoint is the one that made metrics.json.
+    # Validation was sharded: rank r evaluated images r, r+2, r+4, ... of the validation set and no
+    # other (8 and 7 images), each image on one rank only.
+    best = out / "checkpoints" / "best.ckpt"
+    val_images, logits, targets = whole_set_outputs(best)
+    assert len(set(val_images)) == len(val_images) == 15
+    seen = [json.loads((script.parent / "seen" / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert [len(s) for s in seen] == [8, 7]
+    assert seen == [val_images[r::WORLD] for r in range(WORLD)]
+
+    # The metrics best.ckpt was chosen on, gathered over the ranks, are those of the whole
+    # validation set: val/acc (metrics.json's, from one process), and val/loss, the mean
+    # cross-entropy over the 15 images, not the mean of the two shards' means.
     with open(out / "logs" / "train" / "metrics.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("val/acc")]
     assert len(rows) == 1
     assert float(rows[0]["val/acc"]) == pytest.approx(metrics["val"]["accuracy"], abs=1e-6)
+    assert float(rows[0]["val/acc"]) == pytest.approx((logits.argmax(1) == targets).double().mean().item(), abs=1e-6)
+    want = F.cross_entropy(logits.double(), targets).item()
+    assert float(rows[0]["val/loss"]) == pytest.approx(want, rel=1e-5)
+    # ... which the mean of the shards' means is not (1407 against 1357 here: the shards differ in
+    # size), nor what `self.log(loss, sync_dist=True, batch_size=n)` logs (1454: Lightning averages
+    # the integer image counts over the ranks, (8 + 7) // 2 = 7, and divides the averaged sums by it).
+    shard_means = [F.cross_entropy(logits[r::WORLD].double(), targets[r::WORLD]).item() for r in range(WORLD)]
+    assert sum(shard_means) / WORLD != pytest.approx(want, rel=1e-3)
     assert float(rows[0]["val/image_passes"]) == expected
-    again = evaluate_checkpoint(out / "checkpoints" / "best.ckpt", None, None, None)["test"]
+    again = evaluate_checkpoint(best, None, None, None)["test"]
     assert again["accuracy"] == metrics["test"]["accuracy"]
     assert again["confusion_matrix"] == metrics["test"]["confusion_matrix"]
 

@@ -190,13 +190,25 @@ class FKTDataModule(pl.LightningDataModule):
         labelled = len(self.sets["train"])
         return {"labelled": labelled, "unlabelled": sum(map(len, self.pool)) - labelled if self.pool else 0}
 
-    def loader(self, split: str, limit: int | None = None) -> DataLoader:
+    def loader(self, split: str, limit: int | None = None, shard: bool = False) -> DataLoader:
         """Evaluation loaders see every image in order (with `limit`, a stratified subset fixed by the
-        split seed, the same for every arm and seed); `train_loader` makes the training ones."""
+        split seed, the same for every arm and seed); `train_loader` makes the training ones.
+
+        With `shard` (the Trainer's validation loader) and a DDP trainer attached, rank r of w sees
+        only images r, r+w, r+2w, ...: no padding and no duplicates, so shard sizes may differ by
+        one, and the metrics, gathered over the ranks (see Method.validation_step), are exactly the
+        whole set's. Without it every image is seen: after fit, `fkt train` evaluates the best
+        checkpoint on rank 0 alone, while this module still holds the DDP trainer."""
         self.setup()
         dataset = self.sets[split]
         if limit is not None and limit < len(dataset):
             dataset = Subset(dataset, stratified_subset(dataset.images.targets, limit, self.config.data.split_seed).tolist())
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        # Fewer images than ranks: no sharding, every rank evaluates them all. An empty shard would run
+        # no validation step: that rank would log no metric, and so skip the gathers the other ranks
+        # wait in at the epoch's end (and DDP's buffer broadcast in the first forward).
+        if shard and world > 1 and len(dataset) >= world:
+            dataset = Subset(dataset, range(rank, len(dataset), world))
         return DataLoader(dataset, batch_size=self.config.data.eval_batch_size, **self.options([self.sets[split]]))
 
     def options(self, parts: list[ResizedImages]) -> dict:
@@ -231,7 +243,7 @@ class FKTDataModule(pl.LightningDataModule):
         return self.train_loader(getattr(module, "train_data", "labelled"))
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
+        return self.loader("val", shard=True)
 
     def test_dataloader(self) -> DataLoader:
         return self.loader("test")

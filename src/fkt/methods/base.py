@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from lightly.utils.lars import LARS
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from fkt.config import Config, OptimizerConfig
@@ -74,7 +75,10 @@ class Method(pl.LightningModule):
         self.views = SimCLRViews(size)
         self.weak = WeakView()
         self.normalize = Normalize()
+        # Validation metrics as torchmetrics states (non-persistent: no checkpoint keys), summed over
+        # the DDP ranks at the epoch's end: exact whatever the size of each rank's shard.
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_loss = MeanMetric()  # the mean cross-entropy, each batch weighted by its size
         self.passes_by_term: dict[str, int] = {}  # images through the backbone in training steps, per loss term
         self.teacher_forwards = 0  # images through a momentum teacher (forward only, no backward)
         self.world_size = 1
@@ -223,8 +227,11 @@ class Method(pl.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, targets = batch
         logits = self(self.normalize(images))
+        # Under DDP each rank sees its shard of the validation set (FKTDataModule.loader), shards
+        # that may differ in size by one: both metrics are the whole set's once their states are summed.
         self.val_acc.update(logits, targets)
-        self.log("val/loss", classification_loss(logits, targets), sync_dist=True, batch_size=images.shape[0])
+        self.val_loss.update(classification_loss(logits, targets), weight=images.shape[0])
+        self.log("val/loss", self.val_loss, batch_size=images.shape[0])
         self.log("val/acc", self.val_acc, prog_bar=True, batch_size=images.shape[0])
 
     def on_validation_epoch_end(self) -> None:
