@@ -102,16 +102,29 @@ def build_seconds(root: Path, args: argparse.Namespace) -> tuple[float, int]:
     return time.perf_counter() - start, len(train)
 
 
-def loading_epoch(root: Path, args: argparse.Namespace, cache: bool) -> tuple[float, int, int]:
-    """Seconds for one epoch of the training loader, its images and its workers."""
+def resident_mb() -> dict[str, float]:
+    """This process's resident memory by kind (Linux): anonymous (its own copies) and file-backed
+    (pages of mapped files, the cache's among them, which the kernel can drop and read again)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    except OSError:
+        return {}
+    return {name: int(fields[name].split()[0]) / 1024 for name in ("RssAnon", "RssFile") if name in fields}
+
+
+def loading_epoch(root: Path, args: argparse.Namespace, cache: bool) -> tuple[float, int, int, dict]:
+    """Seconds for one epoch of the training loader, its images, its workers, and how the resident
+    memory grew over the epoch."""
     from fkt.data.module import FKTDataModule
 
     module = FKTDataModule(data_config(root, args, cache))
     module.setup()
     loader = module.train_loader("labelled")
+    before = resident_mb()
     start = time.perf_counter()
     images = sum(len(x) for x, _ in loader)
-    return time.perf_counter() - start, images, loader.num_workers
+    seconds, after = time.perf_counter() - start, resident_mb()
+    return seconds, images, loader.num_workers, {k: after[k] - before[k] for k in after}
 
 
 def train_epoch(root: Path, out: Path, args: argparse.Namespace, cache: bool) -> tuple[float, float, int]:
@@ -153,9 +166,13 @@ def main(argv: list[str]) -> int:
               f"{n / seconds / cores:.1f} images/s per core", flush=True)
         modes = (True,) if args.cached_only else (False, True)
         loading = {cache: loading_epoch(root, args, cache) for cache in modes}
-        for cache, (secs, images, workers) in loading.items():
+        for cache, (secs, images, workers, grew) in loading.items():
             print(f"loading epoch {'with' if cache else 'without'} the cache: {images} images in {secs:.2f} s "
                   f"({images / secs:.1f} images/s, {workers} workers)", flush=True)
+        if grew := loading[True][3]:
+            print(f"resident memory over the cached epoch: anonymous {grew['RssAnon']:+.0f} MB, file-backed "
+                  f"{grew['RssFile']:+.0f} MB (the cache: {n * args.image_size ** 2 * 3 / 1e6:.0f} MB, paged from "
+                  "the memory map, not copied)", flush=True)
         if not args.cached_only:
             print(f"loading speed-up: {loading[False][0] / loading[True][0]:.1f}x", flush=True)
         if not args.no_train:
