@@ -6,7 +6,8 @@
 #      functional-clean throughput;
 #   3. a real bf16 `fkt train` (functional, TRAIN_EPOCHS epochs) on generated data in the CIFAR-10
 #      python layout (the GPU machine has no datasets), with the 100-epoch time it implies;
-#   4. optionally (COMPILE_METHODS, empty to skip) `fkt bench --compile` for those methods;
+#   4. optionally (COMPILE_METHODS, empty to skip) `fkt bench --compile-mode COMPILE_MODE` for those
+#      methods (default reduce-overhead: the backbone as CUDA graphs, for the launch-bound 32 px step);
 #   5. optionally (CACHE_JPEGS, 0 to skip) ResNet-50 at 224 px from the image cache
 #      (benchmarks/cache_bench.py --cached-only): images/s and the share of time waiting for data.
 #
@@ -42,6 +43,7 @@ TRAIN_BATCH="${TRAIN_BATCH:-$BATCH}"
 TRAIN_EPOCHS="${TRAIN_EPOCHS:-3}"
 COMPILE_METHODS="${COMPILE_METHODS-functional-clean}"
 COMPILE_TIMEOUT="${COMPILE_TIMEOUT:-150}"
+COMPILE_MODE="${COMPILE_MODE:-reduce-overhead}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-300}"  # seconds; with the training's, well under 8 minutes
 TRAIN_TIMEOUT="${TRAIN_TIMEOUT:-150}"
 CACHE_JPEGS="${CACHE_JPEGS:-6000}"     # Intel-size JPEGs for the ResNet-50 224 px epoch from the cache
@@ -123,11 +125,11 @@ print(f"from the real run: {target} epochs of {images / epochs:,.0f} images at {
 EOF
 # --- 4. torch.compile, optional
 if [[ -n "$COMPILE_METHODS" ]]; then
-  note "== fkt bench --compile: methods $COMPILE_METHODS"
-  if run_bench "$COMPILE_TIMEOUT" bench-compile "$COMPILE_METHODS" --compile; then
+  note "== fkt bench --compile-mode $COMPILE_MODE: methods $COMPILE_METHODS"
+  if run_bench "$COMPILE_TIMEOUT" bench-compile "$COMPILE_METHODS" --compile-mode "$COMPILE_MODE"; then
     cat "$OUTDIR/bench-compile.txt" >> "$SUMMARY"
   else
-    FAILED+=("bench --compile (exit or timeout after $COMPILE_TIMEOUT s)")
+    FAILED+=("bench --compile-mode $COMPILE_MODE (exit or timeout after $COMPILE_TIMEOUT s)")
   fi
 fi
 

@@ -154,6 +154,21 @@ def test_the_table_names_the_objective_and_counts_teacher_forwards():
     assert "| simclr | fkt | 100.0 | 80 | 160 | 160 | 900 | 1.000 |" in table
 
 
+def test_the_compile_mode_reaches_torch_compile_in_fkt_and_the_bare_loop(monkeypatch):
+    """`--compile-mode reduce-overhead` (CUDA graphs on a GPU) compiles the backbone in that mode in
+    both implementations; recorded rather than compiled, which would take minutes on a CPU."""
+    from torch import nn
+
+    modes = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: modes.append(kwargs.get("mode")))
+    settings = bench.settings_from_args(bench_args(None, methods="functional-clean", compile_mode="reduce-overhead"))
+    assert settings.compile and settings.compile_mode == "reduce-overhead"
+    for impl in IMPLS:
+        bench.measure("functional-clean", impl, asdict(settings))
+    assert modes == ["reduce-overhead", "reduce-overhead"]
+    assert bench.settings_from_args(bench_args(None)).compile is False
+
+
 def test_bad_settings_are_one_line_errors():
     for overrides in ({"methods": "supervised,dino"}, {"precision": "8-true"}, {"device": "tpu"},
                       {"steps": 0}, {"batch_size": 1}, {"ssl": "nope"}):

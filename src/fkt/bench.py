@@ -102,6 +102,7 @@ class Settings:
     device: str = "cpu"  # resolved: cpu, cuda or cuda:N
     precision: str = "32-true"
     compile: bool = False
+    compile_mode: str = "default"
     steps: int = 20
     warmup: int = 5
     repeats: int = 3
@@ -160,7 +161,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raise UserError(f"{flag} {value}: must be at least {low}")
     settings = Settings(methods=tuple(dict.fromkeys(methods)), backbone=args.backbone, stem=args.stem,
                         image_size=args.image_size, batch_size=args.batch_size, device=resolve_device(args.device),
-                        precision=args.precision, compile=bool(args.compile), steps=args.steps,
+                        precision=args.precision, compile=bool(args.compile or getattr(args, "compile_mode", None)),
+                        compile_mode=getattr(args, "compile_mode", None) or "default", steps=args.steps,
                         warmup=args.warmup, repeats=args.repeats, ssl=ssl)
     for method in settings.methods:  # the objective's own limits (a batch too small, say), in one line
         if METHODS[method].ssl:
@@ -177,7 +179,8 @@ def bench_config(method: str, s: Settings):
     # one device: the CPU, or the GPU's index ("1," is Lightning's spelling of device 1)
     devices = f"{s.device.split(':')[1] if ':' in s.device else 0}," if accelerator == "gpu" else 1
     trainer = {"accelerator": accelerator, "devices": devices, "precision": s.precision, "progress_bar": False,
-               "epochs": 1, "pretrain_epochs": 1, "compile": s.compile, "sync_batchnorm": False}
+               "epochs": 1, "pretrain_epochs": 1, "compile": s.compile, "compile_mode": s.compile_mode,
+               "sync_batchnorm": False}
     return build_config({
         "method": {"name": spec.config_method, "classifier_input": spec.classifier_input, "ssl": s.ssl},
         "data": {"image_size": s.image_size, "batch_size": s.batch_size},
@@ -339,7 +342,7 @@ def run_bare(method: str, s: Settings, device) -> dict[str, Any]:
 
     from fkt.data.transforms import Normalize, SimCLRViews
     from fkt.methods.base import build_optimizer
-    from fkt.models import build_backbone, classifier_head
+    from fkt.models import build_backbone, classifier_head, compile_backbone
     from fkt.ssl import build_objective
 
     spec = METHODS[method]
@@ -369,7 +372,7 @@ def run_bare(method: str, s: Settings, device) -> dict[str, Any]:
                 "functional": getattr(optim, optim.functional)}[spec.config_method]
     optimizer = build_optimizer(settings, params)
     if s.compile:
-        backbone.compile()  # in place, as fkt does
+        compile_backbone(backbone, s.compile_mode)  # as fkt does
     per_step = step_seed_fn(method, s)
     total = s.total_steps + 1  # fkt's Trainer: max_steps, its estimated_stepping_batches
     stand_in = BareMethod(backbone, views, memory_format, total)
@@ -526,6 +529,7 @@ def environment(s: Settings) -> dict[str, Any]:
         "backbone": s.backbone,
         "stem": s.stem,
         "compile": s.compile,
+        "compile_mode": s.compile_mode,
         "steps": s.steps,
         "warmup": s.warmup,
         "repeats": s.repeats,
@@ -590,9 +594,10 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def format_table(report: dict[str, Any]) -> str:
     env = report["env"]
     fkt_over_bare = report["ratios"]["fkt_over_bare"]
+    compiled = f", compiled ({env.get('compile_mode', 'default')})" if env["compile"] else ""
     lines = [
         f"fkt bench: {env['backbone']} ({env['stem']} stem), {env['image_size']} px, batch {env['batch_size']}, "
-        f"{env['precision']}{', compiled' if env['compile'] else ''}, on {env['device']} ({env['device_name']}), "
+        f"{env['precision']}{compiled}, on {env['device']} ({env['device_name']}), "
         f"{env['threads']} threads; median over {env['repeats']} repeats of {env['steps']} steps "
         f"after {env['warmup']} warm-up",
         f"SSL objective: {env.get('ssl', 'simclr')} (the simclr and functional rows' SSL term; "

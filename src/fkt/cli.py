@@ -65,6 +65,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-batchnorm", dest="trainer.sync_batchnorm", action="store_const", const=True)
     p.add_argument("--compile", dest="trainer.compile", action="store_const", const=True,
                    help="torch.compile the backbone")
+    p.add_argument("--compile-mode", dest="trainer.compile_mode", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile's mode, with --compile (reduce-overhead: CUDA graphs)")
     p.add_argument("--checkpoint-every-n-steps", dest="trainer.checkpoint_every_n_steps", type=int)
     p.add_argument("--skip-bad-images", dest="data.skip_bad_images", action="store_const", const=True,
                    help="leave unreadable image files out instead of stopping (counted in metrics.json)")
@@ -263,6 +265,8 @@ def build_parser() -> Parser:
     bench.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     bench.add_argument("--precision", default="32-true", help="32-true, bf16-mixed or 16-mixed")
     bench.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    bench.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
+                       help="torch.compile's mode (implies --compile; reduce-overhead: CUDA graphs)")
     bench.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     bench.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
     bench.add_argument("--repeats", type=int, default=3)

@@ -137,6 +137,8 @@ class TrainerConfig(_Strict):
     sync_batchnorm: bool | None = Field(
         None, description="batch-norm statistics over the global batch; None: on for multi-GPU runs, else off")
     compile: bool = Field(False, description="torch.compile the backbone")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        "default", description="torch.compile's mode with compile; reduce-overhead: CUDA graphs, for launch-bound steps")
     progress_bar: bool = True
 
 

@@ -25,7 +25,7 @@ from fkt.config import Config, OptimizerConfig
 from fkt.data.transforms import Normalize, SimCLRViews, WeakView
 from fkt.data import dataset_info
 from fkt.learning import LossTrack
-from fkt.models import build_backbone, classifier_head
+from fkt.models import build_backbone, classifier_head, compile_backbone
 from fkt.objectives import check_finite, classification_loss, weighted_total
 from fkt.ssl import build_objective
 
@@ -156,7 +156,7 @@ class Method(pl.LightningModule):
         for p in self.parameters():
             p.requires_grad_(id(p) in trainable)
         if self.cfg.trainer.compile and stage == "fit":
-            self.backbone.compile()  # in place: the state-dict keys stay those of the plain backbone
+            compile_backbone(self.backbone, self.cfg.trainer.compile_mode)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # The views of step s are drawn from a seed of (seed, method, s, rank) alone, so a run
