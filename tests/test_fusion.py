@@ -242,6 +242,12 @@ def test_grad_cosine_and_weights_are_logged_on_log_steps_only_and_leave_training
     quiet, _ = fit(config, epochs=2, log_every=50, callbacks=[IndependentCosine()])
     for (key, a), b in zip(logged.state_dict().items(), quiet.state_dict().values()):
         assert torch.equal(a, b), key
+    # method.grad_cosine false: log steps without the extra gradients (fkt bench, to time fkt alone)
+    off, no_cosine = IndependentCosine(), Recorder()
+    fit(tiny(lambda_ce=0.5, grad_cosine=False), epochs=2, log_every=2, callbacks=[off], logger=no_cosine)
+    assert off.computed == {0: False, 1: False, 2: False, 3: False}
+    assert not any("fusion/grad_cosine" in row for row in no_cosine.rows.values())
+    assert any("fusion/weight_ce" in row for row in no_cosine.rows.values())
 
 
 # --------------------------------------------------------------------------- runs

@@ -114,6 +114,8 @@ class MethodConfig(_Strict):
     fusion: Fusion = Field("fixed", description="how the joint step combines its SSL and cross-entropy terms")
     lambda_start: float = Field(0.0, ge=0, description="ramp: lambda at the start, moving to lambda_ce")
     ramp_epochs: float = Field(10.0, gt=0, description="ramp: epochs over which lambda moves")
+    grad_cosine: bool = Field(True, description="log the cosine between the two terms' backbone gradients on "
+                                                "log steps (functional; about one extra backward on those steps)")
     temperature: float = Field(0.5, gt=0, description="SimCLR's NT-Xent temperature; the other objectives use their own")
     classifier_input: Literal["clean", "weak", "view"] = Field(
         "clean", description="the cross-entropy's input: the image, a weak view (flip, translate), or an SSL view")

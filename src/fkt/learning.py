@@ -59,10 +59,12 @@ def stage_warning(stage: str, progress: dict[str, Any]) -> str | None:
         return None
     chance = "unknown" if progress["chance"] is None else f"{progress['chance']:.4f}"
     start = "unmeasured" if progress["start"] is None else f"{progress['start']:.4f}"
-    first = f"from step {progress['settle']}" if progress.get("settle") else "first"
+    w, steps, settle = progress["window"], progress["steps"], progress.get("settle")
+    over = (f"{w} steps from step {settle}, once its queue is full, and the last {w} of {steps}" if settle
+            else f"the first and last {w} of {steps} steps")
     return (f"stage '{stage}': the {progress['objective']} SSL term did not learn: start {start}, "
-            f"end {progress['end']:.4f}, chance {chance} (means over the {first} and last {progress['window']} of "
-            f"{progress['steps']} steps); it {reason}. Check the optimiser it trained with: {progress['optimizer']}")
+            f"end {progress['end']:.4f}, chance {chance} (means over {over}); it {reason}. "
+            f"Check the optimiser it trained with: {progress['optimizer']}")
 
 
 class LossTrack:

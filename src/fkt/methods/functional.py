@@ -46,8 +46,9 @@ class Functional(Method):
         need each term's backbone gradient apart (`fkt.fusion.split_backward`)."""
         terms, self._terms = self._terms, None  # hold no graph past this step
         done = False
-        if self.fusion.projects or self.log_step:
-            done, self._grad_cosine = split_backward(self, loss, terms, self.log_step)
+        cosine = self.log_step and self.cfg.method.grad_cosine
+        if self.fusion.projects or cosine:
+            done, self._grad_cosine = split_backward(self, loss, terms, cosine)
         if not done:
             super().backward(loss, *args, **kwargs)
 
