@@ -28,7 +28,7 @@ import struct
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -337,6 +337,16 @@ MAKERS: dict[str, Callable[..., Generated]] = {
 
 
 # --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session", autouse=True)
+def session_image_cache(tmp_path_factory) -> Iterator[Path]:
+    """$FKT_CACHE for module- and session-scoped fixtures, which run before any test's own
+    `image_cache`: no test run writes to ~/.cache."""
+    folder = tmp_path_factory.mktemp("fkt_cache_session")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FKT_CACHE", str(folder))
+        yield folder
+
 
 @pytest.fixture(autouse=True)
 def image_cache(tmp_path_factory, monkeypatch) -> Path:
