@@ -28,7 +28,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags that map onto config fields (None = keep the file's or the default value)."""
     from typing import get_args
 
-    from fkt.config import Fusion, SSLObjective
+    from fkt.config import CompileMode, Fusion, SSLObjective
 
     p.add_argument("--config", "--preset", dest="config",
                    help=f"a preset by name ({', '.join(preset_names())}) or a YAML file of your own")
@@ -65,7 +65,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-batchnorm", dest="trainer.sync_batchnorm", action="store_const", const=True)
     p.add_argument("--compile", dest="trainer.compile", action="store_const", const=True,
                    help="torch.compile the backbone")
-    p.add_argument("--compile-mode", dest="trainer.compile_mode", choices=["default", "reduce-overhead", "max-autotune"],
+    p.add_argument("--compile-mode", dest="trainer.compile_mode", choices=list(get_args(CompileMode)),
                    help="torch.compile's mode, with --compile (reduce-overhead: CUDA graphs)")
     p.add_argument("--checkpoint-every-n-steps", dest="trainer.checkpoint_every_n_steps", type=int)
     p.add_argument("--skip-bad-images", dest="data.skip_bad_images", action="store_const", const=True,
@@ -185,7 +185,7 @@ def build_parser() -> Parser:
     from typing import get_args
 
     from fkt import __version__
-    from fkt.config import SSLObjective
+    from fkt.config import CompileMode, SSLObjective
 
     parser = Parser(prog="fkt", description="Functional knowledge transfer: train, compare, evaluate.")
     parser.add_argument("--version", action="version", version=f"fkt {__version__}")
@@ -265,7 +265,7 @@ def build_parser() -> Parser:
     bench.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     bench.add_argument("--precision", default="32-true", help="32-true, bf16-mixed or 16-mixed")
     bench.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    bench.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
+    bench.add_argument("--compile-mode", choices=list(get_args(CompileMode)),
                        help="torch.compile's mode (implies --compile; reduce-overhead: CUDA graphs)")
     bench.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     bench.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")

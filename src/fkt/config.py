@@ -22,6 +22,7 @@ Method = Literal["supervised", "representational", "functional"]
 Arm = Literal["supervised", "representational", "functional", "supervised-matched"]
 SSLObjective = Literal["simclr", "byol", "simsiam", "barlowtwins", "vicreg", "dino", "moco", "nnclr", "supcon"]
 Fusion = Literal["fixed", "ramp", "uncertainty", "pcgrad"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
 
 
 class _Strict(BaseModel):
@@ -139,7 +140,7 @@ class TrainerConfig(_Strict):
     sync_batchnorm: bool | None = Field(
         None, description="batch-norm statistics over the global batch; None: on for multi-GPU runs, else off")
     compile: bool = Field(False, description="torch.compile the backbone")
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+    compile_mode: CompileMode = Field(
         "default", description="torch.compile's mode with compile; reduce-overhead: CUDA graphs, for launch-bound steps")
     progress_bar: bool = True
 

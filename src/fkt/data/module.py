@@ -37,9 +37,14 @@ def resize_pixels(pixels: np.ndarray, size: int, chunk: int = 4096) -> torch.Ten
     return torch.cat(out)
 
 
+def chw_tensor(hwc: np.ndarray) -> torch.Tensor:
+    """A (H, W, 3) uint8 array as a (3, H, W) tensor of its own (an array may be a read-only memory map)."""
+    return torch.from_numpy(np.array(hwc)).permute(2, 0, 1)
+
+
 def image_tensor(img: Image.Image, size: int) -> torch.Tensor:
     """An RGB image as the uint8 (3, size, size) tensor a model is fed (see base.resized_rgb)."""
-    return torch.from_numpy(resized_rgb(img, size).copy()).permute(2, 0, 1)
+    return chw_tensor(resized_rgb(img, size))
 
 
 class ResizedImages(Dataset):
@@ -68,7 +73,7 @@ class ResizedImages(Dataset):
         row = pixels[index]
         if row.shape[0] != self.size:  # data.cache_size: stored larger, resized as a file would be
             return image_tensor(Image.fromarray(row), self.size)
-        return torch.from_numpy(np.array(row)).permute(2, 0, 1)
+        return chw_tensor(row)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if self.cache is not None:
@@ -190,6 +195,11 @@ class FKTDataModule(pl.LightningDataModule):
         labelled = len(self.sets["train"])
         return {"labelled": labelled, "unlabelled": sum(map(len, self.pool)) - labelled if self.pool else 0}
 
+    @property
+    def rank_and_world(self) -> tuple[int, int]:
+        """(rank, world size) of the attached trainer; (0, 1) without one."""
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
     def loader(self, split: str, limit: int | None = None, shard: bool = False) -> DataLoader:
         """Evaluation loaders see every image in order (with `limit`, a stratified subset fixed by the
         split seed, the same for every arm and seed); `train_loader` makes the training ones.
@@ -203,7 +213,7 @@ class FKTDataModule(pl.LightningDataModule):
         dataset = self.sets[split]
         if limit is not None and limit < len(dataset):
             dataset = Subset(dataset, stratified_subset(dataset.images.targets, limit, self.config.data.split_seed).tolist())
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        rank, world = self.rank_and_world
         # Fewer images than ranks: no sharding, every rank evaluates them all. An empty shard would run
         # no validation step: that rank would log no metric, and so skip the gathers the other ranks
         # wait in at the epoch's end (and DDP's buffer broadcast in the first forward).
@@ -223,7 +233,7 @@ class FKTDataModule(pl.LightningDataModule):
         labelled set, the pool of every training image (SSL), or both at once (functional). With few
         labels an epoch of every stream is one pass over the pool (see JointBatchSampler)."""
         self.setup()
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        rank, world = self.rank_and_world
         labelled, seed = self.sets["train"], self.config.seed
         pool = ConcatDataset(self.pool) if self.pool else labelled
         options = {**self.options([labelled, *self.pool]), "generator": torch.Generator().manual_seed(seed)}

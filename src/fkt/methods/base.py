@@ -167,13 +167,17 @@ class Method(pl.LightningModule):
         self._clock = time.perf_counter()
         self.total_steps = int(self.trainer.estimated_stepping_batches)
 
+    @property
+    def global_batch(self) -> int:
+        """Images a step over every rank (data.batch_size is per device)."""
+        return self.cfg.data.batch_size * self.world_size
+
     def ssl_progress(self) -> dict[str, Any] | None:
         """The SSL term at this stage's start and end, with what the no-learning check needs to judge it."""
         summary = self.ssl_track.summary() if self.ssl is not None else None
         if summary is None:
             return None
-        # the batch whose other images are the negatives: under DDP, every rank's (SimCLR gathers them)
-        batch = self.cfg.data.batch_size * self.world_size
+        batch = self.global_batch  # the batch whose other images are the negatives (SimCLR gathers them)
         settings = self.optimizer_settings()
         section = next((f"optim.{name}" for name in ("ssl", "supervised")
                         if getattr(self.cfg.optim, name) is settings), "optim")
@@ -200,7 +204,7 @@ class Method(pl.LightningModule):
         self._unchecked.append(detached)  # checked before the optimizer step
         if self.ssl is not None and "ssl" in detached and self.total_steps is not None:
             self.ssl_track.add(self.global_step, detached["ssl"], self.total_steps,
-                               self.ssl.settle_steps(self.cfg.data.batch_size * self.world_size))
+                               self.ssl.settle_steps(self.global_batch))
         loss = self.combine(terms)
         batch_size = images.shape[0]
         # Under DDP each rank's terms are those of its shard; their mean over the ranks (equal
@@ -242,8 +246,7 @@ class Method(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         schedule = self.cfg.optim
         settings = self.optimizer_settings()
-        global_batch = self.cfg.data.batch_size * self.world_size  # data.batch_size is per device
-        lr = scaled_lr(settings.lr, schedule.lr_scaling, global_batch, schedule.reference_batch)
+        lr = scaled_lr(settings.lr, schedule.lr_scaling, self.global_batch, schedule.reference_batch)
         optimizer = build_optimizer(settings.model_copy(update={"lr": lr}), self.trainable_parameters())
         if schedule.schedule == "constant" and schedule.warmup_epochs == 0:
             return optimizer
