@@ -323,17 +323,13 @@ class BareMethod:
         self.world_size = 1
         self.training = True
         self.global_step = 0
-        self.current_epoch = 0
         self.total_steps = total_steps
         self.passes = 0
         self.teacher_forwards = 0
 
-    def features(self, images):
-        return self.backbone(images.contiguous(memory_format=self.memory_format))
-
     def encode(self, images, term: str):
         self.passes += images.shape[0]
-        return self.features(images)
+        return self.backbone(images.contiguous(memory_format=self.memory_format))
 
     def teacher_encode(self, backbone, images):
         self.teacher_forwards += images.shape[0]
