@@ -78,7 +78,7 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet18"
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet-tiny"] = "resnet18"
     stem: Literal["imagenet", "small"] = "imagenet"
     pretrained_weights: Path | None = None
     proj_hidden_dim: PositiveInt | None = Field(None, description="None: the backbone's feature size")

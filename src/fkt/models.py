@@ -7,10 +7,30 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
 
 from fkt.errors import UserError
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet-tiny")
+
+
+class TinyResNet(ResNet):
+    """ResNet-18's shape (the stem, layer1-4, pooled features) at an eighth of its widths and one block a
+    stage: about 300k parameters instead of 11M. For tests and planning probes, where the network's
+    size is not the point but its structure is (Grad-CAM hooks layer4, the small stem swaps conv1)."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), num_classes: int = 1000) -> None:
+        nn.Module.__init__(self)  # torchvision's __init__ fixes the widths at 64-512; its layers and forward are reused
+        self._norm_layer, self.dilation, self.groups, self.base_width = nn.BatchNorm2d, 1, 1, 64
+        self.inplanes = widths[0]
+        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        for i, width in enumerate(widths):
+            setattr(self, f"layer{i + 1}", self._make_layer(BasicBlock, width, 1, stride=1 if i == 0 else 2))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[-1], num_classes)
 
 
 def build_backbone(name: str, stem: str = "imagenet", weights: Path | None = None) -> tuple[nn.Module, int]:
@@ -20,7 +40,7 @@ def build_backbone(name: str, stem: str = "imagenet", weights: Path | None = Non
     """
     if name not in BACKBONES:
         raise UserError(f"model.backbone={name}: choose from {', '.join(BACKBONES)}")
-    net = getattr(torchvision.models, name)(weights=None)
+    net = TinyResNet() if name == "resnet-tiny" else getattr(torchvision.models, name)(weights=None)
     if stem == "small":
         net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
