@@ -261,6 +261,8 @@ def test_the_configuration_reference_covers_every_field():
         assert row is not None, f"{dotted} is missing from the configuration reference"
         if description:
             assert description.replace("|", "\\|").replace("\n", " ") in row
+    for name in preset_names():
+        assert f"| `{name}` |" in page, f"preset {name} is missing from the configuration reference"
 
 
 def test_the_cli_reference_covers_every_subcommand_and_flag():

@@ -10,6 +10,7 @@ the built site, never in the repository, so they cannot go stale. tests/test_doc
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import types
 import typing
@@ -135,7 +136,34 @@ def configuration_markdown() -> str:
             lines += [" ".join(doc.split()), ""]
         lines += table(config_rows(section, field.default, name + "."))
     lines += ["## Top level", ""] + table(top)
-    return "\n".join(lines)
+    lines += ["## Presets", "", "Shipped in `src/fkt/presets/` (`--preset NAME`); each file's opening comment says",
+              "what it is for and how it was sized. Its first sentence:", "",
+              "| preset | what it is |", "|---|---|"]
+    lines += [f"| `{name}` | {cell(summary)} |" for name, summary in preset_summaries().items()]
+    return "\n".join(lines) + "\n"
+
+
+def preset_summaries() -> dict[str, str]:
+    """Each preset's name and the first sentence of its opening comment."""
+    from fkt.presets import find_preset, preset_names
+
+    out = {}
+    for name in preset_names():
+        words = []
+        for line in find_preset(name).read_text().splitlines():
+            if not line.startswith("#") or line.startswith("#   ") or not line.strip("# "):
+                break
+            words.append(line.lstrip("#").strip())
+        text = " ".join(words).removeprefix(f"{name}:").strip()
+        cut = re.search(r"[.:](\s|$)", text)
+        summary = (text[: cut.start()] if cut else text).strip()
+        out[name] = summary[:1].upper() + summary[1:] if summary else "(no comment)"
+    return out
+
+
+def cell(text: str) -> str:
+    """Text for one cell of a Markdown table: pipes escaped, one line."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def table(rows: list[tuple[str, str, str, str]]) -> list[str]:
