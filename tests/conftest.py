@@ -9,11 +9,41 @@ Every image carries its class in its colour: the red channel is `class_value(lab
 the image (JPEG keeps a flat colour to within a few levels), so `label_of(image, n)` reads the
 label back from the loaded pixels and a test can check that labels match the files.
 
+The suite's rules (the end of this file; tests/test_suite_rules.py tests them):
+
+* The backbone. Every in-process run builds `resnet-tiny` (ResNet-18's stem and layer1-4 at an eighth
+  of its widths, 309k parameters, 128 features) unless the test asks for another: from the session's
+  start (pytest_configure), `resnet-tiny` is the default of `fkt.config.ModelConfig.backbone` (so of
+  `Config()`, `build_config`, `resolve` and every `fkt ...` run through `fkt.cli.main`), and a packaged
+  preset (src/fkt/presets/*.yaml) read through `fkt.config.load_yaml` has its `model.backbone`
+  rewritten to `resnet-tiny`; `fkt bench`'s --backbone defaults to it as well. An explicit choice
+  wins: `--backbone`, `--set model.backbone=...`, a `model.backbone` in a dict or in a YAML file of
+  the test's own. The config, the run's config.yaml and its metrics name the backbone that was built.
+  A test that needs the real default marks itself `@pytest.mark.resnet18`: for that test the default
+  is ResNet-18 and presets read as shipped (the `backbone` fixture says which). Module- and
+  session-scoped fixtures are built before any test's marker applies: they get `resnet-tiny` unless
+  they name a backbone. Subprocesses (`python -m fkt`, an installed `fkt`) do not see any of this:
+  pass `--backbone resnet-tiny` to them.
+* Slow tests. Every test that trains is marked `slow` at collection (`pytest_collection_modifyitems`),
+  so `make test-fast` (`pytest -m "not slow"`) trains nothing. The rule reads the code of the test,
+  of the helpers it calls (transitively, anywhere under tests/) and of the fixtures it requests: see
+  `training_evidence`. A test the rule marks that stops before training (a refused command) may say
+  `@pytest.mark.no_training`. The rule cannot see everything, so a guard backs it: a test not marked
+  slow fails the moment it (or a fixture it uses) calls `pytorch_lightning.Trainer.fit`, or starts a
+  subprocess running `fkt train|reproduce|bench` or Python code that trains by the rule; the message
+  says to mark it. The guard fails the test even where the code under test catches its exception.
+* Temporary folders. pytest keeps the temporary folders of failed tests only
+  (tmp_path_retention_policy = "failed" in pyproject.toml); `image_cache` and `make_dataset` folders
+  go with a passing test too (`scratch`), and module-scoped fixtures' folders at the session's end.
+  $FKT_CACHE points into them, so nothing is written to ~/.cache.
+
 Fixtures:
   fkt_cli(*args, cwd=None) -> CompletedProcess   `fkt ARGS` through cli.main, in this process
   image_cache -> Path   (autouse) this test's own $FKT_CACHE folder
+  backbone -> str   (autouse) the default backbone of this test's runs: resnet-tiny, or resnet18 if marked
+  training_guard -> list   the guard's record of this test (for the guard's own tests)
 
-Helpers (import from conftest): one_error_line(result, *needles, code=None)
+Helpers (import from conftest): one_error_line(result, *needles, code=None), scratch(request, factory, name)
   make_dataset(name, **kwargs) -> Generated   each call in a fresh temporary folder
   fashion_mnist_data, cifar10_data, intel_image_data, aptos_data,
   imagefolder_data (train/ + test/), imagefolder_no_test_data   small defaults
@@ -21,11 +51,20 @@ Helpers (import from conftest): one_error_line(result, *needles, code=None)
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import csv
+import functools
 import gzip
+import inspect
+import os
 import pickle
+import shlex
+import shutil
 import struct
 import subprocess
+import textwrap
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -348,21 +387,35 @@ def session_image_cache(tmp_path_factory) -> Iterator[Path]:
         yield folder
 
 
+def scratch(request, tmp_path_factory, name: str) -> Path:
+    """A fresh folder under pytest's temporary folder that goes when the test that made it passes
+    (as `tmp_path` does with tmp_path_retention_policy = "failed"), not only at the session's end."""
+    folder = tmp_path_factory.mktemp(name)
+
+    def remove() -> None:
+        outcomes = request.node.stash.get(_OUTCOME, {})
+        if request.config.getini("tmp_path_retention_policy") == "failed" and outcomes and all(outcomes.values()):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    request.addfinalizer(remove)
+    return folder
+
+
 @pytest.fixture(autouse=True)
-def image_cache(tmp_path_factory, monkeypatch) -> Path:
+def image_cache(request, tmp_path_factory, monkeypatch) -> Path:
     """Each test its own image cache folder ($FKT_CACHE): none writes to ~/.cache or shares one by accident."""
-    folder = tmp_path_factory.mktemp("fkt_cache")
+    folder = scratch(request, tmp_path_factory, "fkt_cache")
     monkeypatch.setenv("FKT_CACHE", str(folder))
     return folder
 
 
 @pytest.fixture
-def make_dataset(tmp_path_factory) -> Callable[..., Generated]:
+def make_dataset(request, tmp_path_factory) -> Callable[..., Generated]:
     """`make_dataset(name, **kwargs)`: a dataset in the layout `name` (a key of fkt.data.DATASETS),
     generated in a fresh temporary folder; kwargs go to the matching `make_*` function."""
 
     def make(name: str, **kwargs) -> Generated:
-        root = tmp_path_factory.mktemp(name.replace("-", "_"))
+        root = scratch(request, tmp_path_factory, name.replace("-", "_"))
         return MAKERS[name](root, **kwargs)
 
     return make
@@ -471,3 +524,397 @@ def folder_grid(root: Path, trainer: dict, grid: dict, **sections):
         "data": {"dataset": "imagefolder", "root": str(root), "image_size": 32, "batch_size": 8,
                  "val_fraction": 0.25, "num_workers": 0},
         "trainer": {"accelerator": "cpu", "progress_bar": False, **trainer}, "grid": grid, **sections})
+
+
+# =========================================================================== the suite's own rules
+# (backbone selection, slow marking and its guard, temporary folders: see the module docstring)
+
+TEST_BACKBONE = "resnet-tiny"
+REAL_BACKBONE_MARKER = "resnet18"
+TESTS_DIR = Path(__file__).resolve().parent
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "src" / "fkt" / "presets"  # replaced below by the package's
+
+# What trains (the static rule). Functions of fkt that train, called by name or through their module;
+# `.fit(` on anything (a Lightning Trainer's). fkt subcommands that train.
+TRAINING_FUNCTIONS = frozenset({"train", "train_stages", "run_grid", "run_cells", "run_cell", "run_bench",
+                                "run_all", "run_fkt", "run_bare", "measure", "measure_in_fresh_process"})
+TRAINING_COMMANDS = frozenset({"train", "reproduce", "bench"})
+LAUNCHERS = {"subprocess": {"run", "Popen", "call", "check_call", "check_output"}, "os": {"system"},
+             "fkt.cli": {"main"}}
+
+
+class _Backbone:
+    """The backbone in-process runs default to, and whether packaged presets are rewritten to it."""
+
+    tiny = True
+    _saved: list = []
+
+    @classmethod
+    def set_default(cls, name: str) -> None:
+        from fkt import config as fkt_config
+
+        fkt_config.ModelConfig.model_fields["backbone"].default = name
+        fkt_config.ModelConfig.model_rebuild(force=True)
+        fkt_config.Config.model_fields["model"].default = fkt_config.ModelConfig()
+        fkt_config.Config.model_rebuild(force=True)
+
+    @classmethod
+    def install(cls) -> None:
+        """The tiny default for ModelConfig and Config, a preset reader that rewrites `model.backbone`,
+        and fkt bench's --backbone default (until `uninstall`)."""
+        from fkt import cli, config as fkt_config, presets
+
+        global PRESETS_DIR
+        PRESETS_DIR = Path(str(presets.resources.files(presets.__name__))).resolve()
+        cls._saved = [fkt_config.ModelConfig.model_fields["backbone"].default,
+                      fkt_config.Config.model_fields["model"].default, fkt_config.load_yaml, cli.build_parser]
+        cls.set_default(TEST_BACKBONE)
+        real_load, real_parser = fkt_config.load_yaml, cli.build_parser
+
+        def load_yaml(path):
+            data = real_load(path)
+            if cls.tiny and Path(path).resolve().parent == PRESETS_DIR and isinstance(data.get("model"), dict) \
+                    and "backbone" in data["model"]:
+                data["model"]["backbone"] = TEST_BACKBONE
+            return data
+
+        def build_parser():
+            parser = real_parser()
+            for action in parser._subparsers._group_actions if parser._subparsers else []:
+                bench = getattr(action, "choices", {}).get("bench")
+                if cls.tiny and bench is not None and bench.get_default("backbone") is not None:
+                    bench.set_defaults(backbone=TEST_BACKBONE)
+            return parser
+
+        fkt_config.load_yaml, cli.build_parser = load_yaml, build_parser
+
+    @classmethod
+    def uninstall(cls) -> None:
+        from fkt import cli, config as fkt_config
+
+        backbone, model, fkt_config.load_yaml, cli.build_parser = cls._saved
+        fkt_config.ModelConfig.model_fields["backbone"].default = backbone
+        fkt_config.ModelConfig.model_rebuild(force=True)
+        fkt_config.Config.model_fields["model"].default = model
+        fkt_config.Config.model_rebuild(force=True)
+
+    @classmethod
+    @contextlib.contextmanager
+    def real(cls) -> Iterator[None]:
+        """ResNet-18 as the default and presets as shipped, for one test."""
+        from fkt.config import ModelConfig
+
+        tiny_default = ModelConfig.model_fields["backbone"].default
+        cls.tiny = False
+        cls.set_default(cls._saved[0])
+        try:
+            yield
+        finally:
+            cls.tiny = True
+            cls.set_default(tiny_default)
+
+
+@pytest.fixture(autouse=True)
+def backbone(request) -> Iterator[str]:
+    """The backbone this test's in-process runs build by default: resnet-tiny, or resnet18 (the real
+    default, presets as shipped) for a test marked `@pytest.mark.resnet18`."""
+    if request.node.get_closest_marker(REAL_BACKBONE_MARKER) is None:
+        yield TEST_BACKBONE
+        return
+    with _Backbone.real():
+        yield "resnet18"
+
+
+# --------------------------------------------------------------------------- the static rule
+
+@dataclass
+class _Facts:
+    """What one function's code does, as far as training goes."""
+
+    trains: str | None = None         # why it trains by itself (E1, E2), or None
+    launches: bool = False            # it runs fkt's CLI or a subprocess (a "runner")
+    variable_launch: bool = False     # a runner call whose arguments are not all literals
+    command_literal: bool = False     # a list/tuple literal holding a training command ("train", ...)
+    calls: list = field(default_factory=list)  # names it calls that may be test helpers or fixtures
+
+
+_FACTS: dict = {}
+
+
+def _imports(tree: "ast.AST") -> dict[str, str]:
+    """`import x as y` / `from x import a as b` anywhere in `tree`: local name -> dotted origin."""
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update({a.asname or a.name.split(".")[0]: a.name if a.asname else a.name.split(".")[0]
+                          for a in node.names})
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names})
+    return names
+
+
+def _origin(node: "ast.AST", local: dict[str, str], env: dict) -> str | None:
+    """The dotted name a call target refers to (`fkt.engine.train`, `subprocess.run`), or None."""
+    if isinstance(node, ast.Name):
+        if node.id in local:
+            return local[node.id]
+        value = env.get(node.id)
+        if isinstance(value, types.ModuleType):
+            return value.__name__
+        if callable(value) and getattr(value, "__module__", None):
+            return f"{value.__module__}.{getattr(value, '__name__', node.id)}"
+        return None
+    if isinstance(node, ast.Attribute):
+        base = _origin(node.value, local, env)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+def _literal_commands(node: "ast.AST") -> bool:
+    """A list/tuple literal (or a sum of them) with a training command among its elements."""
+    if isinstance(node, ast.BinOp):
+        return _literal_commands(node.left) or _literal_commands(node.right)
+    return isinstance(node, (ast.List, ast.Tuple)) and any(
+        isinstance(e, ast.Constant) and e.value in TRAINING_COMMANDS for e in node.elts)
+
+
+def _source_facts(tree: "ast.AST", env: dict, runners: set[str]) -> _Facts:
+    """Facts of code `tree` whose global names are `env`; `runners`: names known to launch fkt."""
+    facts, local = _Facts(), _imports(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.List, ast.Tuple)) and _literal_commands(node):
+            facts.command_literal = True
+        if not isinstance(node, ast.Call):
+            continue
+        target = node.func
+        name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
+        origin = _origin(target, local, env) or ""
+        module, _, last = origin.rpartition(".")
+        if name == "fit" and isinstance(target, ast.Attribute):
+            facts.trains = facts.trains or "calls .fit("
+        elif last in TRAINING_FUNCTIONS and module.startswith("fkt"):
+            facts.trains = facts.trains or f"calls {origin}"
+        elif isinstance(target, ast.Name) and not origin and name in TRAINING_FUNCTIONS and name not in env:
+            facts.trains = facts.trains or f"calls {name}("  # a name bound at run time: assume fkt's
+        launcher = last in LAUNCHERS.get(module, ()) or (isinstance(target, ast.Name) and name in runners)
+        if isinstance(target, ast.Name) and name and name not in local:
+            facts.calls.append(name)
+        if not launcher:
+            continue
+        facts.launches = True
+        args = node.args
+        if any(isinstance(a, ast.Constant) and a.value in TRAINING_COMMANDS for a in args) or any(
+                _literal_commands(a) for a in args):
+            facts.trains = facts.trains or f"runs a training command through {name or origin}"
+        elif not all(isinstance(a, ast.Constant) for a in args):
+            facts.variable_launch = True
+    return facts
+
+
+def _plain(func) -> types.FunctionType | None:
+    """The plain function behind a test, helper or fixture (None for a class, a builtin, ...)."""
+    func = getattr(func, "_get_wrapped_function", lambda: func)()  # a @pytest.fixture definition
+    func = inspect.unwrap(func)
+    return func if isinstance(func, types.FunctionType) else None
+
+
+def _function_facts(func, runners: frozenset[str]) -> _Facts | None:
+    """Facts of a function defined under tests/ (None for anything else: pytest's, fkt's, a class)."""
+    func = _plain(func)
+    if func is None:
+        return None
+    try:
+        if not Path(inspect.getsourcefile(func) or "").resolve().is_relative_to(TESTS_DIR):
+            return None
+        key = (func, runners)
+        if key not in _FACTS:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+            _FACTS[key] = _source_facts(tree, func.__globals__, set(runners))
+        return _FACTS[key]
+    except (OSError, TypeError, SyntaxError):
+        return None
+
+
+def _fixture_functions(item) -> dict[str, object]:
+    infos = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    plain = {name: _plain(defs[-1].func) for name, defs in infos.items() if defs}
+    return {name: func for name, func in plain.items() if func is not None}
+
+
+def training_evidence(item) -> str | None:
+    """Why `item` trains, by a static look at its code (None: no sign that it does). The code is the
+    test function, the module-level helpers it calls (transitively, wherever in tests/ they live) and
+    the fixtures it requests (with their helpers). It trains when that code calls fkt's training
+    functions or `.fit(`, runs `fkt train|reproduce|bench` through `fkt.cli.main`, a subprocess or a
+    helper or fixture that does either (a "runner"), or runs a runner on arguments that are not
+    literals while a training command is written down in that code or in the test's parameters."""
+    function = _plain(getattr(item, "function", None))
+    if function is None:
+        return None
+    fixtures = _fixture_functions(item)
+    # a fixture or helper is a runner when its own code launches fkt or a subprocess
+    runners = frozenset(name for name, func in fixtures.items()
+                        if (facts := _function_facts(func, frozenset())) and facts.launches)
+    seen, todo, launched_variably, commands = set(), [function, *fixtures.values()], False, False
+    while todo:
+        func = todo.pop()
+        if func in seen:
+            continue
+        seen.add(func)
+        helper_runners = runners | {n for n in _called_helpers(func) if _is_runner(func, n)}
+        facts = _function_facts(func, frozenset(helper_runners))
+        if facts is None:
+            continue
+        if facts.trains:
+            return f"{facts.trains} in {func.__name__}"
+        launched_variably |= facts.variable_launch
+        commands |= facts.command_literal
+        todo += [f for n in facts.calls if (f := _plain(func.__globals__.get(n))) is not None]
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if launched_variably and (commands or _params_hold_command(params)):
+        return "runs a training command given at run time"
+    return None
+
+
+def _called_helpers(func) -> list[str]:
+    facts = _function_facts(func, frozenset())
+    return facts.calls if facts else []
+
+
+def _is_runner(caller, name: str, depth: int = 0) -> bool:
+    """Whether the test helper `name` (a global of `caller`) launches fkt or a subprocess, itself or
+    through helpers it calls."""
+    func = _plain(caller.__globals__.get(name))
+    facts = _function_facts(func, frozenset()) if func is not None else None
+    if facts is None or depth > 5:
+        return False
+    return facts.launches or any(_is_runner(func, n, depth + 1) for n in facts.calls)
+
+
+def _params_hold_command(value) -> bool:
+    if isinstance(value, str):
+        return value in TRAINING_COMMANDS
+    if isinstance(value, dict):
+        return any(_params_hold_command(v) for v in value.values())
+    if isinstance(value, (list, tuple, set)):
+        return any(_params_hold_command(v) for v in value)
+    return False
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test that trains is marked `slow` (unless marked `no_training`), so `pytest -m "not slow"`
+    trains nothing; the guard below fails any test the rule misses."""
+    for item in items:
+        if item.get_closest_marker("slow") or item.get_closest_marker("no_training"):
+            continue
+        why = training_evidence(item)
+        if why:
+            item.add_marker(pytest.mark.slow)
+            item.user_properties.append(("slow_because", why))
+
+
+# --------------------------------------------------------------------------- the runtime guard
+
+_CURRENT: list = []  # the item being set up, run or torn down
+_VIOLATIONS = pytest.StashKey[list]()
+_OUTCOME = pytest.StashKey[dict]()
+
+
+def _refuse(what: str) -> None:
+    """Fail the current test if it is not marked slow: it is about to train."""
+    item = _CURRENT[-1] if _CURRENT else None
+    if item is None or item.get_closest_marker("slow"):
+        return
+    message = (f"{item.nodeid} {what} but is not marked slow: mark it @pytest.mark.slow (the static rule in "
+               "tests/conftest.py missed it; teach it this pattern if you can), so that `make test-fast` trains nothing")
+    item.stash.setdefault(_VIOLATIONS, []).append(message)
+    pytest.fail(message, pytrace=False)
+
+
+def _subprocess_trains(args) -> str | None:
+    """`fkt train|reproduce|bench` (by `-m fkt` or an `fkt` executable), or a Python script or `-c`
+    code that trains by the static rule."""
+    tokens = shlex.split(args) if isinstance(args, str) else [os.fspath(a) for a in args]
+    for i, token in enumerate(tokens[:-1]):
+        if (token == "fkt" and i and tokens[i - 1] == "-m") or Path(token).name == "fkt":
+            if tokens[i + 1] in TRAINING_COMMANDS:
+                return f"runs `fkt {tokens[i + 1]}` in a subprocess"
+    code = None
+    if len(tokens) > 2 and tokens[1] == "-c":
+        code = tokens[2]
+    elif len(tokens) > 1 and tokens[1].endswith(".py") and Path(tokens[1]).is_file():
+        code = Path(tokens[1]).read_text()
+    if code is not None:
+        try:
+            facts = _source_facts(ast.parse(code), {}, set())
+        except SyntaxError:
+            return None
+        if facts.trains:
+            return f"runs Python code in a subprocess that {facts.trains}"
+    return None
+
+
+def _install_guard() -> list:
+    import subprocess as subprocess_module
+
+    import pytorch_lightning as pl
+
+    real_fit, real_popen = pl.Trainer.fit, subprocess_module.Popen.__init__
+
+    @functools.wraps(real_fit)
+    def fit(self, *args, **kwargs):
+        _refuse("calls pytorch_lightning.Trainer.fit")
+        return real_fit(self, *args, **kwargs)
+
+    @functools.wraps(real_popen)
+    def popen(self, args, *rest, **kwargs):
+        why = _subprocess_trains(args)
+        if why:
+            self._child_created = False  # what Popen.__del__ reads of a process never started
+            _refuse(why)
+        return real_popen(self, args, *rest, **kwargs)
+
+    pl.Trainer.fit, subprocess_module.Popen.__init__ = fit, popen
+    return [(pl.Trainer, "fit", real_fit), (subprocess_module.Popen, "__init__", real_popen)]
+
+
+_RESTORE: list = []
+
+
+def pytest_configure(config) -> None:
+    _Backbone.install()
+    _RESTORE.extend(_install_guard())
+
+
+def pytest_unconfigure(config) -> None:
+    while _RESTORE:
+        owner, name, value = _RESTORE.pop()
+        setattr(owner, name, value)
+    _Backbone.uninstall()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _CURRENT.append(item)
+    try:
+        return (yield)
+    finally:
+        _CURRENT.pop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that trained unmarked fails even where the guard's exception was caught; and the
+    outcome of each phase is kept, for the scratch folders below."""
+    report = yield
+    violations = item.stash.get(_VIOLATIONS, [])
+    if violations and report.when == "call" and report.passed:
+        report.outcome, report.longrepr = "failed", violations[0]
+    item.stash.setdefault(_OUTCOME, {})[report.when] = report.passed
+    return report
+
+
+@pytest.fixture
+def training_guard(request) -> list:
+    """The guard's record of this test: a test of the guard itself clears it after seeing it work."""
+    return request.node.stash.setdefault(_VIOLATIONS, [])

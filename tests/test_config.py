@@ -20,6 +20,7 @@ def test_there_are_presets_for_the_paper_and_the_demo():
     assert {"quick", "paper-cifar10", "paper-intel-image", "paper-aptos2019", "paper-intel-image-resnet18"} <= names
 
 
+@pytest.mark.resnet18  # the presets as shipped: their backbones are part of what is checked
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_preset_validates(path):
     config = resolve(path, {}, [])
