@@ -120,12 +120,26 @@ def axis_x(run: dict, key: str) -> float | None:
     return None if value is None else float(value)
 
 
+# Below this many seeds a t-interval says little (2 seeds: t = 12.7, bars far past 0 and 100%): the
+# figure draws the seeds' min-max range instead, and says so in the legend.
+MIN_SEEDS_FOR_INTERVAL = 3
+
+
 def t_interval(values: list[float]) -> tuple[float, float]:
     """Mean and half-width of its 95% t-interval (0 with one value: nothing to estimate a spread from)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, 0.0
     return mean, float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high) of one point's bar: the 95% t-interval, or the min-max range below
+    MIN_SEEDS_FOR_INTERVAL values."""
+    mean, half = t_interval(values)
+    if len(values) < MIN_SEEDS_FOR_INTERVAL:
+        return mean, min(values), max(values)
+    return mean, mean - half, mean + half
 
 
 def axis_lines(runs: list[dict], key: str) -> dict[str, dict[str, list[dict]]]:
@@ -139,7 +153,8 @@ def axis_lines(runs: list[dict], key: str) -> dict[str, dict[str, list[dict]]]:
 
 
 def accuracy_vs_axis(runs: list[dict], key: str, path: Path, title: str) -> None:
-    """Test accuracy against one axis, a line per arm: mean and 95% t-interval over seeds. A label budget
+    """Test accuracy against one axis, a line per arm: mean and 95% t-interval over seeds (the min-max
+    range below MIN_SEEDS_FOR_INTERVAL, said in the legend), the y axis within [0, 100]. A label budget
     is drawn against labelled images on a log scale; a null with no image count stands right of the rest."""
     log = key in LABEL_AXES
     known = [x for x in (axis_x(run, key) for run in runs) if x is not None]
@@ -147,29 +162,49 @@ def accuracy_vs_axis(runs: list[dict], key: str, path: Path, title: str) -> None
     beyond = top * 2 if log else top + 0.25 * ((top - bottom) or 1.0)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ticks: dict[float, str] = {}
+    extent: list[float] = []
+    few_seeds = False
     for i, (name, points) in enumerate(axis_lines(runs, key).items()):
-        drawn = []
+        drawn, seeds = [], set()
         for text, members in points.items():
             xs = [x for x in (axis_x(run, key) for run in members) if x is not None]
             x = statistics.fmean(xs) if xs else beyond
             ticks[x] = ("all" + (f"\n({x:,.0f})" if xs else "")) if text == "all" else (
                 f"{x:,.0f}" if log and xs else text)
-            drawn.append((x, *t_interval([run["test"]["accuracy"] * 100 for run in members])))
+            drawn.append((x, *spread([run["test"]["accuracy"] * 100 for run in members])))
+            seeds.add(len(members))
         drawn.sort()
-        ax.errorbar([d[0] for d in drawn], [d[1] for d in drawn], yerr=[d[2] for d in drawn], marker="o",
+        extent += [v for _, _, low, high in drawn for v in (low, high)]
+        below = sorted(n for n in seeds if n < MIN_SEEDS_FOR_INTERVAL)
+        few_seeds = few_seeds or bool(below)
+        if below:  # say what the bars are where they are not intervals
+            name += (" (1 seed: no bars)" if seeds == {1} else f" (bars: min-max of {below[0]} seeds)"
+                     if len(seeds) == 1 else f" (bars: min-max where under {MIN_SEEDS_FOR_INTERVAL} seeds)")
+        ax.errorbar([d[0] for d in drawn], [d[1] for d in drawn],
+                    yerr=[[d[1] - d[2] for d in drawn], [d[3] - d[1] for d in drawn]], marker="o",
                     capsize=3, color=f"C{i}", label=name)
-    finish_axis_plot(ax, ticks, log, "labelled training images" if log else key, title)
+    finish_axis_plot(ax, ticks, log, "labelled training images" if log else key, title, few_seeds)
+    clip_accuracy_axis(ax, extent)
     save(fig, path)
 
 
-def finish_axis_plot(ax: plt.Axes, ticks: dict[float, str], log: bool, xlabel: str, title: str) -> None:
+def clip_accuracy_axis(ax: plt.Axes, extent: list[float]) -> None:
+    """Y limits around the drawn bars, never beyond [0, 100] (an interval may reach past them: accuracy cannot)."""
+    low, high = min(extent, default=0.0), max(extent, default=100.0)
+    pad = max(1.0, 0.05 * (high - low))
+    ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
+
+
+def finish_axis_plot(ax: plt.Axes, ticks: dict[float, str], log: bool, xlabel: str, title: str,
+                     few_seeds: bool = False) -> None:
     """Ticks at the grid's values only (log scale for label budgets), labels, legend."""
     if log:
         ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks(sorted(ticks), [ticks[x] for x in sorted(ticks)])
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy % (mean, 95% t-interval over seeds)")
+    ax.set_ylabel("test accuracy % (mean, 95% t-interval over seeds" + (
+        f"; min-max under {MIN_SEEDS_FOR_INTERVAL})" if few_seeds else ")"))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
