@@ -24,58 +24,79 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def field_help(dest: str, const: object = None) -> str:
+    """A flag's help: its config field's `description=` and the field it sets, so that `--help` and
+    the configuration reference (generated from the same descriptions) cannot disagree."""
+    from fkt.config import field_description
+
+    shown = {True: "true", False: "false"}.get(const, const) if isinstance(const, bool) else const
+    where = dest if const is None else f"sets {dest}={shown}"
+    return f"{field_description(dest)} [{where}]".replace("%", "%%")  # argparse %-formats help
+
+
+# A value flag's placeholder in --help, by its type (the field's name in capitals otherwise).
+METAVARS = {int: "N", float: "X", Path: "PATH"}
+
+
 def add_run_flags(p: argparse.ArgumentParser) -> None:
-    """Flags that map onto config fields (None = keep the file's or the default value)."""
+    """Flags that map onto config fields (None = keep the file's or the default value), grouped by
+    config section; each one's help is its field's description (see field_help)."""
     from typing import get_args
 
-    from fkt.config import CompileMode, Fusion, SSLObjective
+    from fkt.config import CompileMode, Config, Fusion, SSLObjective
 
-    p.add_argument("--config", "--preset", dest="config",
+    p.add_argument("--config", "--preset", dest="config", metavar="NAME|FILE",
                    help=f"a preset by name ({', '.join(preset_names())}) or a YAML file of your own")
-    p.add_argument("--method", dest="method.name", choices=["supervised", "representational", "functional"])
-    p.add_argument("--dataset", dest="data.dataset")
-    p.add_argument("--data-root", dest="data.root", type=Path)
-    p.add_argument("--image-size", dest="data.image_size", type=int)
-    p.add_argument("--limit-train", dest="data.limit_train", type=int)
-    p.add_argument("--batch-size", dest="data.batch_size", type=int)
-    p.add_argument("--num-workers", dest="data.num_workers", type=int)
-    p.add_argument("--labels-per-class", dest="data.labels_per_class", type=int,
-                   help="keep the labels of N training images per class; the others train the SSL term only")
-    p.add_argument("--labelled-fraction", dest="data.labelled_fraction", type=float,
-                   help="keep the labels of this stratified fraction (0, 1] of the training split")
-    p.add_argument("--unlabelled-root", dest="data.unlabelled_root", type=Path,
-                   help="a folder tree of extra images without labels, for the SSL term")
-    p.add_argument("--labelled-batch-size", dest="data.labelled_batch_size", type=int)
-    p.add_argument("--backbone", dest="model.backbone")
-    p.add_argument("--stem", dest="model.stem", choices=["imagenet", "small"])
-    p.add_argument("--pretrained-weights", dest="model.pretrained_weights", type=Path)
-    p.add_argument("--epochs", dest="trainer.epochs", type=int)
-    p.add_argument("--pretrain-epochs", dest="trainer.pretrain_epochs", type=int)
-    p.add_argument("--finetune", dest="method.finetune", choices=["full", "linear"])
-    p.add_argument("--classifier-input", dest="method.classifier_input", choices=["clean", "weak", "view"])
-    p.add_argument("--lambda", dest="method.lambda_ce", type=float)
-    p.add_argument("--temperature", dest="method.temperature", type=float)
-    p.add_argument("--ssl", dest="method.ssl", choices=list(get_args(SSLObjective)))
-    p.add_argument("--fusion", dest="method.fusion", choices=list(get_args(Fusion)))
-    p.add_argument("--accelerator", dest="trainer.accelerator")
-    p.add_argument("--devices", dest="trainer.devices")
-    p.add_argument("--num-nodes", dest="trainer.num_nodes", type=int)
-    p.add_argument("--strategy", dest="trainer.strategy")
-    p.add_argument("--precision", dest="trainer.precision")
-    p.add_argument("--sync-batchnorm", dest="trainer.sync_batchnorm", action="store_const", const=True)
-    p.add_argument("--compile", dest="trainer.compile", action="store_const", const=True,
-                   help="torch.compile the backbone")
-    p.add_argument("--compile-mode", dest="trainer.compile_mode", choices=list(get_args(CompileMode)),
-                   help="torch.compile's mode, with --compile (reduce-overhead: CUDA graphs)")
-    p.add_argument("--checkpoint-every-n-steps", dest="trainer.checkpoint_every_n_steps", type=int)
-    p.add_argument("--skip-bad-images", dest="data.skip_bad_images", action="store_const", const=True,
-                   help="leave unreadable image files out instead of stopping (counted in metrics.json)")
-    p.add_argument("--no-cache", dest="data.cache", action="store_const", const=False,
-                   help="decode image files at every access instead of once into the image cache")
-    p.add_argument("--seed", dest="seed", type=int)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+
+    def flag(*names: str, dest: str, **kwargs) -> None:
+        section = dest.split(".")[0] if "." in dest else None
+        if section is not None and section not in groups:
+            groups[section] = p.add_argument_group(
+                f"{section} (--set {section}.FIELD=VALUE for the rest)", Config.model_fields[section].description)
+        if "help" not in kwargs:
+            kwargs["help"] = field_help(dest, kwargs.get("const"))
+        if "choices" not in kwargs and "action" not in kwargs:
+            kwargs.setdefault("metavar", METAVARS.get(kwargs.get("type"), dest.split(".")[-1].upper()))
+        (groups[section] if section else p).add_argument(*names, dest=dest, **kwargs)
+
+    flag("--seed", dest="seed", type=int)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field, e.g. --set optim.supervised.lr=0.1")
-    p.add_argument("--no-progress", dest="trainer.progress_bar", action="store_const", const=False)
+                   help="any config field, e.g. --set optim.supervised.lr=0.1 (see the configuration reference)")
+    flag("--method", dest="method.name", choices=["supervised", "representational", "functional"])
+    flag("--ssl", dest="method.ssl", choices=list(get_args(SSLObjective)))
+    flag("--fusion", dest="method.fusion", choices=list(get_args(Fusion)))
+    flag("--lambda", dest="method.lambda_ce", type=float)
+    flag("--temperature", dest="method.temperature", type=float)
+    flag("--classifier-input", dest="method.classifier_input", choices=["clean", "weak", "view"])
+    flag("--finetune", dest="method.finetune", choices=["full", "linear"])
+    flag("--dataset", dest="data.dataset", metavar="NAME")
+    flag("--data-root", dest="data.root", type=Path)
+    flag("--image-size", dest="data.image_size", type=int)
+    flag("--limit-train", dest="data.limit_train", type=int)
+    flag("--batch-size", dest="data.batch_size", type=int)
+    flag("--num-workers", dest="data.num_workers", type=int)
+    flag("--labels-per-class", dest="data.labels_per_class", type=int)
+    flag("--labelled-fraction", dest="data.labelled_fraction", type=float)
+    flag("--unlabelled-root", dest="data.unlabelled_root", type=Path)
+    flag("--labelled-batch-size", dest="data.labelled_batch_size", type=int)
+    flag("--skip-bad-images", dest="data.skip_bad_images", action="store_const", const=True)
+    flag("--no-cache", dest="data.cache", action="store_const", const=False)
+    flag("--backbone", dest="model.backbone", metavar="NAME")
+    flag("--stem", dest="model.stem", choices=["imagenet", "small"])
+    flag("--pretrained-weights", dest="model.pretrained_weights", type=Path)
+    flag("--epochs", dest="trainer.epochs", type=int)
+    flag("--pretrain-epochs", dest="trainer.pretrain_epochs", type=int)
+    flag("--accelerator", dest="trainer.accelerator", metavar="NAME")
+    flag("--devices", dest="trainer.devices", metavar="N|auto")
+    flag("--num-nodes", dest="trainer.num_nodes", type=int)
+    flag("--strategy", dest="trainer.strategy", metavar="NAME")
+    flag("--precision", dest="trainer.precision", metavar="NAME")
+    flag("--sync-batchnorm", dest="trainer.sync_batchnorm", action="store_const", const=True)
+    flag("--compile", dest="trainer.compile", action="store_const", const=True)
+    flag("--compile-mode", dest="trainer.compile_mode", choices=list(get_args(CompileMode)))
+    flag("--checkpoint-every-n-steps", dest="trainer.checkpoint_every_n_steps", type=int)
+    flag("--no-progress", dest="trainer.progress_bar", action="store_const", const=False)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -113,7 +134,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from fkt.engine import evaluate_checkpoint
 
     results = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_root, args.out,
-                                  probes=args.probe, corruptions=args.corruptions, trust=args.trust_checkpoint)
+                                  probes=args.probe, corruptions=args.corruptions, trust=args.trust_checkpoint,
+                                  skip_bad_images=args.skip_bad_images)
     shown = {k: v for k, v in results.items() if k not in ("per_class", "confusion_matrix")}
     if "test" in results:
         shown["test"] = {k: v for k, v in results["test"].items() if k not in ("per_class", "confusion_matrix")}
@@ -165,7 +187,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
     from fkt.report.gradcam import cam_from_checkpoints
 
     path = cam_from_checkpoints(args.checkpoint, args.dataset, args.data_root, args.images, args.out,
-                                trust=args.trust_checkpoint)
+                                trust=args.trust_checkpoint, skip_bad_images=args.skip_bad_images)
     print(f"wrote {path}")
     return 0
 
@@ -174,6 +196,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from fkt.bench import run_bench
 
     return run_bench(args)
+
+
+def add_skip_bad_images_flag(p: argparse.ArgumentParser) -> None:
+    """For commands that read a checkpoint's data again: a file that went bad since training need not stop them."""
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave unreadable image files out instead of stopping, as fkt train --skip-bad-images does")
 
 
 def add_trust_flag(p: argparse.ArgumentParser) -> None:
@@ -209,6 +237,7 @@ def build_parser() -> Parser:
                           help="also probe the frozen backbone: k-NN (k=20, cosine) or a linear probe; repeatable")
     evaluate.add_argument("--corruptions", action="store_true",
                           help="also test accuracy under common corruptions (7 kinds x 5 severities)")
+    add_skip_bad_images_flag(evaluate)
     add_trust_flag(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -242,6 +271,7 @@ def build_parser() -> Parser:
     cam.add_argument("--data-root", type=Path)
     cam.add_argument("--images", type=int, default=8)
     cam.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    add_skip_bad_images_flag(cam)
     add_trust_flag(cam)
     cam.set_defaults(func=cmd_cam)
 

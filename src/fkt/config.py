@@ -30,16 +30,24 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    dataset: str = "fashion-mnist"
-    root: Path | None = None
-    image_size: PositiveInt | None = Field(None, description="None: the dataset's own default")
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="for sets without a labelled test split")
+    dataset: str = Field("fashion-mnist", description="the data layout: fashion-mnist, cifar10, intel-image, "
+                         "aptos2019 or imagefolder (`fkt datasets` says which are here)")
+    root: Path | None = Field(None, description="the dataset's folder; None: its default (Fashion-MNIST's "
+                                               "Debian package), required for the others")
+    image_size: PositiveInt | None = Field(
+        None, description="side in pixels every image is resized to; None: the dataset's own (32, 150 or 224)")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="stratified share of the training data held out for "
+                                                             "validation (selects the best epoch)")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="stratified share carved out as the test split, "
+                                                              "for sets without a labelled test split")
     limit_train: PositiveInt | None = Field(None, description="stratified subset of the training split")
     split_seed: int = Field(0, description="fixes val/test across training seeds, so seeds pair up")
-    batch_size: PositiveInt = 256
-    eval_batch_size: PositiveInt = 512
-    num_workers: int | None = Field(None, ge=0, description="None: chosen from the CPU count")
+    batch_size: PositiveInt = Field(256, description="training images a step on each device (with few labels: "
+                                                     "the SSL pool's batch); capped to the training set if larger")
+    eval_batch_size: PositiveInt = Field(512, description="images a step in validation, test and probes "
+                                                          "(memory only; results do not change)")
+    num_workers: int | None = Field(None, ge=0, description="data loader processes; None: none for sets in memory "
+                                                            "or in the image cache, else min(8, CPU cores - 1)")
     scan_images: bool = Field(True, description="decode every image file before training; report all bad ones at once")
     skip_bad_images: bool = Field(False, description="leave unreadable images out (counted in metrics.json)")
     cache: bool = Field(True, description="decode each image file once into a shared, memory-mapped cache "
@@ -53,7 +61,8 @@ class DataConfig(_Strict):
         None, gt=0, le=1, description="keep the labels of this stratified fraction of the training split")
     unlabelled_root: Path | None = Field(None, description="a folder tree of extra images without labels")
     labelled_batch_size: PositiveInt | None = Field(
-        None, description="labelled images per functional step when some are unlabelled; None: batch_size")
+        None, description="labelled images a step when some are unlabelled (the cross-entropy's batch); "
+                          "None: batch_size; capped to the labelled set if larger")
 
     @model_validator(mode="after")
     def _one_label_budget(self) -> "DataConfig":
@@ -78,30 +87,40 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet-tiny"] = "resnet18"
-    stem: Literal["imagenet", "small"] = "imagenet"
-    pretrained_weights: Path | None = None
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet-tiny"] = Field(
+        "resnet18", description="torchvision ResNet, randomly initialised unless pretrained_weights; resnet-tiny: "
+                                "ResNet-18's shape at 300k parameters, for tests and quick looks")
+    stem: Literal["imagenet", "small"] = Field(
+        "imagenet", description="imagenet: 7x7 stride-2 conv and max-pool; small: one 3x3 stride-1 conv "
+                                "(for 32 px images: 16x the compute, more resolution kept)")
+    pretrained_weights: Path | None = Field(
+        None, description="every arm's backbone starts from these weights (a torchvision state dict or an "
+                          "fkt checkpoint); None: random init")
     proj_hidden_dim: PositiveInt | None = Field(None, description="None: the backbone's feature size")
-    proj_output_dim: PositiveInt = 128
+    proj_output_dim: PositiveInt = Field(128, description="the SSL projection head's output size")
     channels_last: bool = Field(True, description="NHWC memory format (faster convolutions on CPU and GPU)")
 
 
 class OptimizerConfig(_Strict):
-    name: Literal["sgd", "lars", "adamw"]
-    lr: float = Field(gt=0)
+    name: Literal["sgd", "lars", "adamw"] = Field(description="sgd, lars (lightly's, per-layer trust ratio) "
+                                                              "or adamw")
+    lr: float = Field(gt=0, description="learning rate at the reference batch (see lr_scaling)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD and LARS; AdamW keeps its default betas")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="decoupled for adamw, L2 for sgd and lars")
 
 
 class OptimConfig(_Strict):
     # The paper: LARS lr 0.001 for SSL, SGD lr 0.025 for supervised training.
-    ssl: OptimizerConfig = OptimizerConfig(name="lars", lr=0.001, weight_decay=1e-6)
-    supervised: OptimizerConfig = OptimizerConfig(name="sgd", lr=0.025, weight_decay=5e-4)
+    ssl: OptimizerConfig = Field(OptimizerConfig(name="lars", lr=0.001, weight_decay=1e-6),
+                                 description="the SSL pretraining stage's optimizer")
+    supervised: OptimizerConfig = Field(OptimizerConfig(name="sgd", lr=0.025, weight_decay=5e-4),
+                                        description="supervised training's and fine-tuning's optimizer")
     # Functional: one optimizer over all parameters on the summed loss.
     functional: Literal["supervised", "ssl"] = Field(
         "supervised", description="which of the two optimizer settings the joint step uses"
     )
-    schedule: Literal["constant", "cosine"] = "constant"
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="the lr over a stage after warm-up: constant, or a cosine decay to 0")
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up, in (fractional) epochs")
     lr_scaling: Literal["none", "linear", "sqrt"] = Field(
         "none", description="scale every lr by global batch / reference_batch (linear) or its square root")
@@ -109,7 +128,8 @@ class OptimConfig(_Strict):
 
 
 class MethodConfig(_Strict):
-    name: Method = "functional"
+    name: Method = Field("functional", description="supervised (cross-entropy), representational (SSL "
+                         "pretraining, then fine-tuning) or functional (both losses in each step)")
     lambda_ce: float = Field(1.0, ge=0, description="L = L_ssl + lambda * L_ce")
     ssl: SSLObjective = Field("simclr", description="the self-supervised objective, in pretraining and jointly")
     fusion: Fusion = Field("fixed", description="how the joint step combines its SSL and cross-entropy terms")
@@ -120,19 +140,25 @@ class MethodConfig(_Strict):
     temperature: float = Field(0.5, gt=0, description="SimCLR's NT-Xent temperature; the other objectives use their own")
     classifier_input: Literal["clean", "weak", "view"] = Field(
         "clean", description="the cross-entropy's input: the image, a weak view (flip, translate), or an SSL view")
-    finetune: Literal["full", "linear"] = "full"
+    finetune: Literal["full", "linear"] = Field(
+        "full", description="representational's second stage: every weight, or a linear probe on the frozen backbone")
 
 
 class TrainerConfig(_Strict):
-    epochs: PositiveInt = 100
-    pretrain_epochs: PositiveInt = 100
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    num_nodes: PositiveInt = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    deterministic: bool = False
-    log_every_n_steps: PositiveInt = 10
+    epochs: PositiveInt = Field(100, description="training epochs (representational: fine-tuning's); with few "
+                                                 "labels an epoch is one pass over the pool")
+    pretrain_epochs: PositiveInt = Field(100, description="representational's SSL pretraining epochs; "
+                                                          "the other methods ignore it")
+    accelerator: str = Field("auto", description="Lightning's accelerator: auto (a GPU where there is one), "
+                                                 "cpu, gpu")
+    devices: int | str = Field("auto", description="Lightning's devices: auto, a count, or a list such as 0,1")
+    num_nodes: PositiveInt = Field(1, description="machines in a multi-node run")
+    strategy: str = Field("auto", description="Lightning's strategy: auto, ddp, ... (DDP where several devices)")
+    precision: str = Field("32-true", description="Lightning's precision: 32-true, bf16-mixed or 16-mixed")
+    deterministic: bool = Field(False, description="deterministic torch kernels only (slower; "
+                                                   "bit-identical reruns on a GPU)")
+    log_every_n_steps: PositiveInt = Field(10, description="training steps between logged metrics "
+                                                           "(and the gradient cosine)")
     checkpoint_every_n_steps: PositiveInt | None = Field(
         None, description="also save last.ckpt every N training steps (mid-epoch), so a kill loses at most N")
     checkpoint_every_minutes: float | None = Field(
@@ -142,7 +168,7 @@ class TrainerConfig(_Strict):
     compile: bool = Field(False, description="torch.compile the backbone")
     compile_mode: CompileMode = Field(
         "default", description="torch.compile's mode with compile; reduce-overhead: CUDA graphs, for launch-bound steps")
-    progress_bar: bool = True
+    progress_bar: bool = Field(True, description="Lightning's progress bar while training")
 
 
 class EvaluateConfig(_Strict):
@@ -159,9 +185,11 @@ class EvaluateConfig(_Strict):
 class GridConfig(_Strict):
     """The cells `fkt reproduce` runs; `fkt train` ignores this section."""
 
-    methods: list[Arm] = ["representational", "functional", "supervised-matched"]
+    methods: list[Arm] = Field(["representational", "functional", "supervised-matched"],
+                               description="the arms; supervised-matched: supervised training for as many "
+                                           "image passes as the functional arm")
     datasets: list[str] = Field(default_factory=list, description="empty: data.dataset alone")
-    seeds: list[int] = [0, 1, 2]
+    seeds: list[int] = Field([0, 1, 2], description="training seeds; every arm runs each, so arms pair up")
     per_method: dict[Arm, dict[str, Any]] = Field(default_factory=dict,
                                                   description="config overrides for one arm")
     per_dataset: dict[str, dict[str, Any]] = Field(default_factory=dict,
@@ -214,19 +242,33 @@ class GridConfig(_Strict):
 
 
 class Config(_Strict):
-    method: MethodConfig = MethodConfig()
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    optim: OptimConfig = OptimConfig()
-    trainer: TrainerConfig = TrainerConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    grid: GridConfig = GridConfig()
-    seed: int = 0
+    method: MethodConfig = Field(MethodConfig(), description="the method and its SSL objective")
+    data: DataConfig = Field(DataConfig(), description="the dataset, its splits, label budget and batches")
+    model: ModelConfig = Field(ModelConfig(), description="the backbone and the projection head")
+    optim: OptimConfig = Field(OptimConfig(), description="optimizers and the lr schedule")
+    trainer: TrainerConfig = Field(TrainerConfig(), description="epochs, hardware and checkpointing")
+    evaluate: EvaluateConfig = Field(EvaluateConfig(), description="what is measured after training")
+    grid: GridConfig = Field(GridConfig(), description="the cells of `fkt reproduce`")
+    seed: int = Field(0, description="training seed (initialisation, batch order, views); the split has "
+                                     "its own, data.split_seed")
     arm: str | None = Field(None, description="the grid arm a run belongs to (default: the method)")
-    out: Path | None = None
+    out: Path | None = Field(None, description="the run directory (fkt train --out); a rerun on it resumes "
+                                               "from its last checkpoint")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def field_description(dotted: str) -> str:
+    """A config field's `description=` by its dotted name (`data.batch_size`): the one text that
+    `fkt train --help` and the configuration reference both show."""
+    model: Any = Config
+    for part in dotted.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            raise KeyError(f"{dotted}: not a config field")
+        field = model.model_fields[part]
+        model = field.annotation
+    return field.description or ""
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
