@@ -258,6 +258,19 @@ class Config(_Strict):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    @classmethod
+    def preset(cls, name: str, overrides: dict[str, Any] | None = None) -> "Config":
+        """A packaged preset by name (`quick`, `own-data`) or a YAML file, with `{"trainer.epochs": 2}`-style
+        overrides: what `fkt train --preset NAME --set ...` starts from, for a notebook to change and train."""
+        from fkt.presets import find_preset
+
+        return resolve(find_preset(name), overrides or {}, [])
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "Config":
+        """A YAML file of one's own, or a run's saved config.yaml (to repeat or extend that run)."""
+        return resolve(Path(path), overrides or {}, [])
+
 
 def field_description(dotted: str) -> str:
     """A config field's `description=` by its dotted name (`data.batch_size`): the one text that
