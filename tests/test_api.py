@@ -61,6 +61,7 @@ def test_config_from_yaml_and_bad_input_in_one_line(tmp_path):
             call()
 
 
+@pytest.mark.no_training
 def test_train_needs_a_run_directory():
     from fkt import Config, train
 

@@ -70,6 +70,7 @@ def test_field_description_names_a_wrong_field():
             field_description(wrong)
 
 
+@pytest.mark.no_training
 def test_train_help_is_readable(fkt_cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "100")
     result = fkt_cli("train", "--help")
