@@ -35,7 +35,8 @@ The suite's rules (the end of this file; tests/test_suite_rules.py tests them):
 * Temporary folders. pytest keeps the temporary folders of failed tests only
   (tmp_path_retention_policy = "failed" in pyproject.toml); `image_cache` and `make_dataset` folders
   go with a passing test too (`scratch`), and module-scoped fixtures' folders at the session's end.
-  $FKT_CACHE points into them, so nothing is written to ~/.cache.
+  $FKT_CACHE points into them, and $HOME, $TMPDIR, $XDG_CACHE_HOME, $MPLCONFIGDIR and torch.compile's
+  caches point into the session's folder (`isolate_home`), so the suite writes nowhere else.
 
 Fixtures:
   fkt_cli(*args, cwd=None) -> CompletedProcess   `fkt ARGS` through cli.main, in this process
@@ -63,6 +64,7 @@ import shlex
 import shutil
 import struct
 import subprocess
+import tempfile
 import textwrap
 import types
 from dataclasses import dataclass, field
@@ -879,9 +881,27 @@ def _install_guard() -> list:
 
 
 _RESTORE: list = []
+_ENVIRONMENT = pytest.MonkeyPatch()
 
 
+def isolate_home(config) -> Path:
+    """Whatever writes under the home folder or the system's temporary folder (matplotlib's font
+    cache, pip, torch.compile's caches, Python's tempfile, fkt's ~/.cache fallbacks) writes under
+    this session's pytest temporary folder instead, in this process and in its subprocesses."""
+    home = config._tmp_path_factory.mktemp("home", numbered=False)  # the factory exists by now (trylast)
+    folders = {"HOME": home, "XDG_CACHE_HOME": home / ".cache", "XDG_CONFIG_HOME": home / ".config",
+               "MPLCONFIGDIR": home / ".config" / "matplotlib", "TMPDIR": home / "tmp",
+               "TORCHINDUCTOR_CACHE_DIR": home / ".cache" / "torchinductor", "TRITON_CACHE_DIR": home / ".cache" / "triton"}
+    for name, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        _ENVIRONMENT.setenv(name, str(folder))
+    _ENVIRONMENT.setattr(tempfile, "tempdir", str(folders["TMPDIR"]))
+    return home
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_configure(config) -> None:
+    isolate_home(config)
     _Backbone.install()
     _RESTORE.extend(_install_guard())
 
@@ -891,6 +911,7 @@ def pytest_unconfigure(config) -> None:
         owner, name, value = _RESTORE.pop()
         setattr(owner, name, value)
     _Backbone.uninstall()
+    _ENVIRONMENT.undo()
 
 
 @pytest.hookimpl(wrapper=True)

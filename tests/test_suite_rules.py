@@ -5,8 +5,10 @@ tests do not stay."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,15 @@ def test_a_test_marked_resnet18_gets_the_real_default_and_presets_as_shipped(bac
 
 def test_temporary_folders_stay_only_for_failed_tests(pytestconfig):
     assert pytestconfig.getini("tmp_path_retention_policy") == "failed"
+
+
+def test_home_and_temporary_files_are_inside_pytests_folder(tmp_path_factory, image_cache):
+    base = tmp_path_factory.getbasetemp()
+    here = [Path.home(), Path(tempfile.gettempdir()), Path(os.environ["MPLCONFIGDIR"]), image_cache]
+    child = subprocess.run([sys.executable, "-c", "import pathlib, tempfile; print(pathlib.Path.home()); "
+                            "print(tempfile.gettempdir())"], capture_output=True, text=True, check=True)
+    for path in here + [Path(line) for line in child.stdout.split()]:
+        assert path.is_relative_to(base), path
 
 
 # A test module for a session of its own (with this conftest): which of its tests the rule marks slow,
