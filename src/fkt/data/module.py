@@ -108,7 +108,8 @@ class FKTDataModule(pl.LightningDataModule):
 
     def __init__(self, config: Config, split_file: Path | None = None) -> None:
         super().__init__()
-        self.config = config
+        # its own copy: check_sizes caps batches larger than their set on it, and the run uses and saves it
+        self.config = config.model_copy(deep=True)
         self.split_file = split_file
         self.bundle: DataBundle | None = None
         self.sets: dict[str, ResizedImages] = {}
@@ -176,17 +177,41 @@ class FKTDataModule(pl.LightningDataModule):
         return splits, False, meta
 
     def check_sizes(self, labelled: ImageSet, pool: int, train: int, bundle: DataBundle) -> None:
+        """A training batch larger than its set is capped to the set (one note), so that the defaults
+        (batch 256) fit a folder of a few hundred images; batches that fit are never touched. A capped
+        batch too small to train on is refused."""
         cfg = self.config.data
+        notes = []
         if cfg.limit_train is not None and cfg.limit_train > train:
-            note = (f"--limit-train {cfg.limit_train}: the training split has only {train} images; "
-                    "training on all of them")
-            print(f"[fkt] {note}", flush=True)
-            bundle.notes.append(note)
+            notes.append(f"--limit-train {cfg.limit_train}: the training split has only {train} images; "
+                         "training on all of them")
+        capped = []
         if cfg.batch_size > pool:
-            raise UserError(f"data.batch_size={cfg.batch_size} is larger than the training split ({pool} images)")
+            what = "the training split" + (" and the unlabelled images" if cfg.unlabelled_root else "")
+            capped.append(("data.batch_size", cfg.batch_size, pool, what))
+            cfg.batch_size = pool
         if cfg.labelled_batch > len(labelled):
             flag = "data.labelled_batch_size" if cfg.labelled_batch_size else "data.batch_size (the labelled batch)"
-            raise UserError(f"{flag}={cfg.labelled_batch} is larger than the labelled set ({len(labelled)} images)")
+            capped.append((flag, cfg.labelled_batch, len(labelled), "the labelled set"))
+            cfg.labelled_batch_size = len(labelled)
+        for flag, wanted, size, what in capped:
+            if size < 2:  # batch normalisation, and every SSL objective, needs at least 2 images a batch
+                raise UserError(f"{flag}={wanted}: {what} has only {size} image{'s' * (size != 1)}; "
+                                "training needs at least 2 a batch")
+        if capped:
+            notes.append("batches capped to fit the data: " + "; ".join(
+                f"{flag}={wanted} is larger than {what} ({size} images): using {size}"
+                for flag, wanted, size, what in capped))
+        if capped and capped[0][0] == "data.batch_size" and self.config.method.name != "supervised":
+            from fkt.ssl import check_objective  # an objective may need more images a step than the capped batch
+
+            try:
+                check_objective(self.config)
+            except UserError as err:
+                raise UserError(f"{err}, after capping to the {pool} training images") from None
+        for note in notes:
+            print(f"[fkt] {note}", flush=True)
+            bundle.notes.append(note)
 
     @property
     def counts(self) -> dict[str, int]:
