@@ -46,7 +46,8 @@ from fkt.cli import main
 from fkt.config import build_config
 from fkt.data.module import FKTDataModule
 from fkt.data.transforms import Normalize, to_float
-from fkt.engine import checkpoint_data, evaluate_checkpoint, load_checkpoint
+from fkt.evaluate import checkpoint_data, evaluate_checkpoint
+from fkt.methods import load_module
 from fkt.methods import MODULES
 from fkt.objectives import weighted_total
 
@@ -117,7 +118,7 @@ class FixedViews(nn.Module):
         self.calls = 0
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = to_float(images)
         x = x.flip(-1) if self.calls % 2 == 0 else x * 0.7
         self.calls += 1
@@ -134,7 +135,7 @@ def build_method():
     """
     torch.manual_seed(SEED)
     method = MODULES["functional"](config=tiny_config(), num_classes=NUM_CLASSES)
-    method.views = FixedViews()
+    method.views = method.context.simclr = FixedViews()  # a child, so that .double() casts it too
     return method.double().train()
 
 
@@ -194,7 +195,7 @@ class TrainingStep(nn.Module):
         self.method = method
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor):
-        terms = self.method.losses(images, targets)
+        terms = self.method.losses(self.method.context, (images, targets))
         return weighted_total(terms, self.method.loss_weights), {k: v.detach() for k, v in terms.items()}
 
 
@@ -231,7 +232,7 @@ class StepRecorder(pl.Callback):
         logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
         self.record = {"terms": {k: logged[f"train/{k}"] for k in ("ssl", "ce")}, "total": logged["train/loss"],
                        "local_total": float(outputs["loss"]), "grads": self.grads, "buffers": self.buffers,
-                       "image_passes": pl_module.image_passes, "world_size": pl_module.world_size,
+                       "image_passes": pl_module.image_passes, "world_size": pl_module.context.world_size,
                        "gathers": pl_module.ssl.loss.gather_distributed}
 
 
@@ -263,7 +264,7 @@ def ddp_worker(rank: int, port: int, out: str) -> None:
         records = {}
         for name, (batchnorm, gather) in VARIANTS.items():
             method = build_method()
-            method.world_size = WORLD  # what Method.setup sets from trainer.world_size ...
+            method.context.world_size = WORLD  # what Method.setup sets from trainer.world_size ...
             method.ssl.distributed(WORLD if gather else 1)  # ... and this
             if batchnorm == "sync":
                 convert_sync_batchnorm(method)
@@ -296,7 +297,7 @@ def run_ranks(out: Path) -> list[dict]:
 def single_process_step() -> dict:
     method = build_method()  # world_size 1, plain NT-Xent, plain batch norm on the whole batch
     images, targets = global_batch()
-    terms = method.losses(images, targets)
+    terms = method.losses(method.context, (images, targets))
     total = weighted_total(terms, method.loss_weights)
     total.backward()
     return step_record(method, terms, total)
@@ -313,6 +314,7 @@ def worst_gap(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], prefi
 
 # --------------------------------------------------------------------------- one step
 
+@pytest.mark.slow  # trains in the rank processes, where the static rule cannot follow
 def test_one_ddp_step_equals_one_process_on_the_global_batch(tmp_path):
     """Why a DDP step must equal one process on the concatenated batch:
 
@@ -482,7 +484,7 @@ sys.exit(main(sys.argv[1:]))
 def whole_set_outputs(checkpoint: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """The validation set of a run (its saved split), in order: each image's fingerprint, and the
     checkpoint's logits and the labels, in one process."""
-    module = load_checkpoint(checkpoint)  # on the CPU, in eval mode
+    module = load_module(checkpoint)  # on the CPU, in eval mode
     val = checkpoint_data(module, checkpoint).sets["val"]
     images = torch.stack([val[i][0] for i in range(len(val))])
     targets = torch.tensor([val[i][1] for i in range(len(val))])

@@ -9,9 +9,9 @@ import torch
 from lightly.utils.lars import LARS
 
 from fkt.config import Config, build_config, deep_merge
-from fkt.engine import evaluate_checkpoint, train
-from fkt.evaluate import load_checkpoint
-from fkt.methods import Functional, Pretrain, Supervised, stages
+from fkt.engine import train
+from fkt.evaluate import evaluate_checkpoint
+from fkt.methods import Functional, Pretrain, Supervised, load_module, stages
 
 
 def tiny_config(**sections) -> Config:
@@ -41,7 +41,7 @@ def backbone_grad_norm(m) -> float:
 def test_functional_cross_entropy_gradient_reaches_backbone():
     m = module(Functional).train()
     images, targets = batch()
-    terms = m.losses(images, targets)
+    terms = m.losses(m.context, (images, targets))
     assert set(terms) == {"ssl", "ce"}
     terms["ce"].backward()
     assert backbone_grad_norm(m) > 0
@@ -60,7 +60,7 @@ def test_functional_total_is_ssl_plus_lambda_ce():
 def test_simclr_pretraining_has_no_cross_entropy_and_leaves_classifier_alone():
     m = module(Pretrain).train()
     images, targets = batch()
-    terms = m.losses(images, targets)
+    terms = m.losses(m.context, (images, targets))
     assert set(terms) == {"ssl"}
     terms["ssl"].backward()
     assert backbone_grad_norm(m) > 0
@@ -94,7 +94,7 @@ def test_optimizers_as_the_paper_states(cls, kwargs, optim, expected_type, lr):
 def test_lr_follows_the_global_batch_when_asked(rule, world, expected):
     config = tiny_config(data={"batch_size": 64}, optim={"lr_scaling": rule, "reference_batch": 64})
     m = module(Supervised, config)
-    m.world_size = world  # as setup() sets it under DDP: 4 ranks x 64 = a global batch of 256
+    m.context.world_size = world  # as setup() sets it under DDP: 4 ranks x 64 = a global batch of 256
     assert m.configure_optimizers().param_groups[0]["lr"] == pytest.approx(expected)
 
 
@@ -120,7 +120,7 @@ def test_stages_per_method():
 def test_image_passes_per_step(classifier_input, passes):
     m = module(Functional, tiny_config(method={"classifier_input": classifier_input})).train()
     images, targets = batch(8)
-    m.losses(images, targets)
+    m.losses(m.context, (images, targets))
     assert m.image_passes == passes * 8
 
 
@@ -180,7 +180,7 @@ def test_finetuning_starts_from_the_pretrained_backbone(make_dataset, tmp_path, 
     monkeypatch.setattr(Supervised, "on_fit_start", record, raising=False)
     out = tmp_path / "rep"
     train(run_config(data, out, "representational"))
-    pretrained = load_checkpoint(out / "checkpoints" / "pretrain" / "last.ckpt")
+    pretrained = load_module(out / "checkpoints" / "pretrain" / "last.ckpt")
     fresh = Supervised(config=pretrained.cfg.to_dict(), num_classes=3)
     for key, value in pretrained.backbone.state_dict().items():
         assert torch.equal(seen["start"][key], value), key

@@ -2,10 +2,10 @@
 teachers' momentum rule after a real step, training and reloading in both methods, where the
 cross-entropy's gradient goes, exact resume of a teacher and a queue, and the settings refused.
 
-The formula tests drive each objective through a stand-in for the method (`Bench`) whose views
-are fixed tensors and whose backbone is one linear layer, so the expected value is computed
-from the same heads by the plain formula, and a wiring mistake (the wrong view to the teacher,
-a missing stop-gradient, an unsymmetrised loss) changes the number.
+The formula tests drive each objective through the step context every training step uses
+(`fkt.step.StepContext`), with fixed tensors for views and one linear layer for a backbone, so the
+expected value is computed from the same heads by the plain formula, and a wiring mistake (the
+wrong view to the teacher, a missing stop-gradient, an unsymmetrised loss) changes the number.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from test_objectives import nt_xent_reference
 
 from fkt.checkpointing import STOP, ResumeState
 from fkt.config import build_config, deep_merge
-from fkt.engine import evaluate_checkpoint, train
-from fkt.evaluate import load_checkpoint
-from fkt.methods import Functional, Method, Pretrain
+from fkt.engine import train
+from fkt.evaluate import evaluate_checkpoint
+from fkt.methods import Functional, Method, Pretrain, load_module
 from fkt.ssl import OBJECTIVES, MomentumObjective
 from fkt.ssl.moco import MoCo
 from fkt.ssl.supcon import supcon_loss
+from fkt.step import StepContext
 
 NEW = ["byol", "simsiam", "barlowtwins", "vicreg", "dino", "moco", "nnclr", "supcon"]
 
@@ -42,37 +43,36 @@ def config(**sections):
 
 # --------------------------------------------------------------------------- the losses, by formula
 
-class Bench:
-    """Stands in for the method: fixed views in order, a linear backbone, no trainer (so a
-    teacher's schedule has one step, momentum 1: the teacher stays where the test put it)."""
+class FixedViews:
+    """The views a step draws, given in order."""
 
-    def __init__(self, views, feat_dim=16):
-        torch.manual_seed(0)
-        self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(views[0][0].numel(), feat_dim))
-        self.queue, self.global_step, self.total_steps = list(views), 0, None
+    def __init__(self, views):
+        self.queue = list(views)
 
-    def views(self, images):
+    def __call__(self, images, generator=None):
         return self.queue.pop(0)
 
-    def encode(self, images, term):
-        return self.backbone(images)
 
-    def teacher_encode(self, backbone, images):
-        return backbone(images)
+def stand_in(views, feat_dim=16):
+    """A step context with fixed views and a linear backbone, outside a Trainer (so a teacher's
+    schedule has one step, momentum 1: the teacher stays where the test put it)."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(views[0][0].numel(), feat_dim))
+    return StepContext(backbone, image_size=views[0].shape[-1], views=FixedViews(views))
 
 
 def bench(name, n=6, **sections):
     gen = torch.Generator().manual_seed(7)
     v1 = torch.randn(n, 3, 4, 4, generator=gen)
     v2 = v1 + 0.3 * torch.randn(n, 3, 4, 4, generator=gen)  # two correlated views
-    method = Bench([v1, v2])
+    ctx = stand_in([v1, v2])
     torch.manual_seed(1)
-    objective = OBJECTIVES[name](method.backbone, 16, config(method={"ssl": name}, **sections)).train()
+    objective = OBJECTIVES[name](ctx.backbone, 16, config(method={"ssl": name}, **sections)).train()
     if isinstance(objective, MomentumObjective):  # a teacher apart from its student, as after training a while
         with torch.no_grad():
             for p in [*objective.teacher_backbone.parameters(), *objective.teacher_heads.parameters()]:
                 p.add_(0.1 * torch.randn_like(p))
-    return objective, method, v1, v2
+    return objective, ctx, v1, v2
 
 
 def neg_cos(a, b):
@@ -86,9 +86,9 @@ def teacher_out(objective, v, head="projector"):
 
 
 def test_byol_is_the_symmetric_negative_cosine_of_prediction_and_the_teachers_other_view():
-    objective, method, v1, v2 = bench("byol")
-    loss, h1 = objective(method, None)
-    f = method.backbone
+    objective, ctx, v1, v2 = bench("byol")
+    loss, h1 = objective(ctx, v1)
+    f = ctx.backbone
     p1, p2 = (objective.predictor(objective.projector(f(v))) for v in (v1, v2))
     z1, z2 = teacher_out(objective, v1), teacher_out(objective, v2)
     assert loss.item() == pytest.approx(0.5 * (neg_cos(p1, z2) + neg_cos(p2, z1)).item(), rel=1e-5)
@@ -99,9 +99,9 @@ def test_byol_is_the_symmetric_negative_cosine_of_prediction_and_the_teachers_ot
 
 
 def test_simsiam_is_the_symmetric_negative_cosine_with_a_stop_gradient_on_the_target():
-    objective, method, v1, v2 = bench("simsiam")
-    loss, _ = objective(method, None)
-    f, proj, pred = method.backbone, objective.projector, objective.predictor
+    objective, ctx, v1, v2 = bench("simsiam")
+    loss, _ = objective(ctx, v1)
+    f, proj, pred = ctx.backbone, objective.projector, objective.predictor
     z1, z2 = proj(f(v1)), proj(f(v2))
     expected = 0.5 * (neg_cos(pred(z1), z2.detach()) + neg_cos(pred(z2), z1.detach()))
     no_stop = 0.5 * (neg_cos(pred(z1), z2) + neg_cos(pred(z2), z1))
@@ -118,9 +118,9 @@ def standardised(z, eps=1e-5):
 
 
 def test_barlow_twins_is_the_cross_correlation_pushed_to_the_identity():
-    objective, method, v1, v2 = bench("barlowtwins")
-    loss, _ = objective(method, None)
-    za, zb = (objective.projector(method.backbone(v)).double() for v in (v1, v2))
+    objective, ctx, v1, v2 = bench("barlowtwins")
+    loss, _ = objective(ctx, v1)
+    za, zb = (objective.projector(ctx.backbone(v)).double() for v in (v1, v2))
     c = standardised(za).T @ standardised(zb) / len(za)
     on = ((1 - torch.diagonal(c)) ** 2).sum()
     off = (c ** 2).sum() - (torch.diagonal(c) ** 2).sum()
@@ -130,9 +130,9 @@ def test_barlow_twins_is_the_cross_correlation_pushed_to_the_identity():
 
 
 def test_vicreg_is_invariance_variance_and_covariance_weighted_25_25_1():
-    objective, method, v1, v2 = bench("vicreg")
-    loss, _ = objective(method, None)
-    za, zb = (objective.projector(method.backbone(v)).double() for v in (v1, v2))
+    objective, ctx, v1, v2 = bench("vicreg")
+    loss, _ = objective(ctx, v1)
+    za, zb = (objective.projector(ctx.backbone(v)).double() for v in (v1, v2))
     n, d = za.shape
     invariance = ((za - zb) ** 2).sum() / (n * d)
 
@@ -150,11 +150,11 @@ def test_vicreg_is_invariance_variance_and_covariance_weighted_25_25_1():
 
 
 def test_dino_is_the_cross_entropy_to_the_centred_sharpened_teacher_of_the_other_view():
-    objective, method, v1, v2 = bench("dino")
+    objective, ctx, v1, v2 = bench("dino")
     center = torch.randn(1, 1, objective.out_dim, generator=torch.Generator().manual_seed(3))
     objective.loss.center.copy_(center)
-    loss, _ = objective(method, None)
-    f = method.backbone
+    loss, _ = objective(ctx, v1)
+    f = ctx.backbone
     s1, s2 = (objective.projector(f(v)) for v in (v1, v2))
     t1, t2 = teacher_out(objective, v1), teacher_out(objective, v2)
 
@@ -172,11 +172,11 @@ def test_dino_is_the_cross_entropy_to_the_centred_sharpened_teacher_of_the_other
 
 def test_moco_is_info_nce_against_the_teachers_key_and_the_queue(monkeypatch):
     monkeypatch.setattr(MoCo, "queue", 16)
-    objective, method, v1, v2 = bench("moco")
+    objective, ctx, v1, v2 = bench("moco")
     queue = objective.loss.memory_bank.bank.clone()  # (size, dim), normalised random keys at first
     assert queue.shape == (16, objective.projector.layers[-1].out_features)
-    loss, _ = objective(method, None)
-    q = F.normalize(objective.projector(method.backbone(v1)), dim=1)
+    loss, _ = objective(ctx, v1)
+    q = F.normalize(objective.projector(ctx.backbone(v1)), dim=1)
     k = F.normalize(teacher_out(objective, v2), dim=1)
     expected = 0.0
     for i in range(len(q)):  # -log( exp(q.k+/t) / (exp(q.k+/t) + sum_queue exp(q.n/t)) )
@@ -190,10 +190,10 @@ def test_moco_is_info_nce_against_the_teachers_key_and_the_queue(monkeypatch):
 
 
 def test_nnclr_contrasts_each_views_nearest_neighbour_with_the_other_views_prediction():
-    objective, method, v1, v2 = bench("nnclr")
+    objective, ctx, v1, v2 = bench("nnclr")
     bank = objective.bank.bank.clone()  # (size, dim)
-    loss, _ = objective(method, None)
-    z1, z2 = (objective.projector(method.backbone(v)) for v in (v1, v2))
+    loss, _ = objective(ctx, v1)
+    z1, z2 = (objective.projector(ctx.backbone(v)) for v in (v1, v2))
     p1, p2 = objective.predictor(z1), objective.predictor(z2)
 
     def nearest(z):
@@ -240,13 +240,13 @@ def test_supcon_loss_by_hand():
 
 
 def test_supcon_objective_uses_the_labels_of_both_views():
-    objective, method, v1, v2 = bench("supcon")
+    objective, ctx, v1, v2 = bench("supcon")
     targets = torch.tensor([0, 1, 0, 1, 2, 2])
-    loss, _ = objective(method, None, targets)
-    z = torch.cat([objective.projector(method.backbone(v)) for v in (v1, v2)])
+    loss, _ = objective(ctx, v1, targets)
+    z = torch.cat([objective.projector(ctx.backbone(v)) for v in (v1, v2)])
     assert loss.item() == pytest.approx(supcon_eq2(z.detach(), targets.repeat(2).tolist(), 0.1) / 12, rel=1e-5)
     with pytest.raises(RuntimeError, match="no labels"):
-        objective(Bench([v1, v2]), None)
+        objective(stand_in([v1, v2]), v1)
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -278,8 +278,8 @@ def test_cross_entropy_reaches_the_backbone_jointly_and_the_ssl_term_never_the_c
     objective returns: they must be the student's, with their graph (not a teacher's, not detached)."""
     m = Functional(config=config(method={"ssl": name, "classifier_input": "view"}).to_dict(), num_classes=3).train()
     x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    terms = m.losses(x, torch.arange(6) % 3)
-    assert set(terms) == {"ssl", "ce"} and m.passes_by_term == {"ssl": 6 if name == "moco" else 12}
+    terms = m.losses(m.context, (x, torch.arange(6) % 3))
+    assert set(terms) == {"ssl", "ce"} and m.context.passes == {"ssl": 6 if name == "moco" else 12}
     assert torch.autograd.grad(terms["ssl"], m.classifier.weight, allow_unused=True, retain_graph=True) == (None,)
     terms["ce"].backward()
     assert sum(p.grad.abs().sum().item() for p in m.backbone.parameters() if p.grad is not None) > 0
@@ -350,7 +350,7 @@ def test_every_objective_pretrains_then_finetunes(folder, tmp_path, monkeypatch,
     # the checkpoint rebuilds the objective with every tensor it saved (teacher, queue, centre)
     checkpoint = out / "checkpoints" / "pretrain" / "last.ckpt"
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    reloaded = load_checkpoint(checkpoint)
+    reloaded = load_module(checkpoint)
     assert reloaded.ssl.name == name and reloaded.state_dict().keys() == saved.keys()
     for key, value in reloaded.state_dict().items():
         assert torch.equal(value, saved[key]), key

@@ -10,25 +10,21 @@ fixed, in-memory synthetic dataset (random uint8 images already on the device, 1
   `time.perf_counter()` at every `on_train_batch_start`, so each interval holds one whole
   Lightning step: the fetch, hooks, `training_step` (its NaN guard and `self.log` calls),
   backward and the optimizer.
-- `bare`: a hand-written loop over the same loader, with the same backbone, heads, views,
-  losses and optimizer (fkt's building blocks: `build_backbone`, `classifier_head`,
-  `SimCLRViews`, the configured SSL objective from `fkt.ssl.build_objective`, `build_optimizer`),
-  but neither Lightning nor the module's `training_step`. The objective is the very part fkt's
-  module holds (its heads, loss and any momentum teacher); it is handed a small stand-in for the
-  method (`BareMethod`: the backbone, the views, counted `encode` and `teacher_encode`, the step
-  count, from which a teacher's momentum follows), so the two implementations do the same work
-  for any `--ssl`. Mixed precision is a plain `torch.autocast`
+- `bare`: a plain loop over the same loader and the same module's step: its `losses` through its
+  `fkt.step.StepContext` (views, counted passes, the step a momentum teacher reads), its
+  `combine` and an optimizer from `fkt.optim.build_optimizer`, but no Lightning Trainer, hooks,
+  callbacks or logging, so the two implementations do the same work for any `--ssl`, and the
+  ratio is what fkt's Lightning path costs on top of it. Mixed precision is a plain `torch.autocast`
   (its weight-cast cache on, where Lightning turns it off) and a GradScaler for 16-mixed;
   `--compile` compiles the backbone in place in both. The clock is read at the same place,
   after the fetch.
 
 Each (method, impl) runs in a fresh spawned process, so peak memory (RSS on CPU,
 `torch.cuda.max_memory_allocated` on a GPU) is its own. The weights are built from the same
-seed in the same order, and the RNG is re-seeded before each step as fkt does (from
-`fkt.methods.base.step_seed`, so that a resumed run draws the same views; before the first
-step only, where fkt has no such seed), so both implementations draw the same views and make
-the same loss at every step (`first_loss` and `losses` in the JSON; the tests assert it): the
-comparison is of the same computation, and the ratio is what fkt's path costs on top of it.
+seed in the same order, and each step's views are drawn from the seed fkt gives that step
+(`fkt.callbacks.step_seed`), so both implementations draw the same views and make the same loss
+at every step (`first_loss` and `losses` in the JSON; the tests assert it): the comparison is of
+the same computation.
 
 Threads: torch's default (the CPU count) unless OMP_NUM_THREADS says otherwise; on a CPU
 shared with other busy processes, two OpenMP threads on two cores can be several times
@@ -36,8 +32,8 @@ slower than one, so note the load average printed with the table.
 
 Figures per (method, impl): step time (per repeat: the mean of `steps` consecutive step
 intervals after `warmup` untimed steps; reported: the median over `repeats`), images/s
-(dataset images, `batch / step`), image passes/s (images through the backbone:
-supervised 1 per image, simclr 2, functional-clean 3, functional-view 2), teacher forwards/s
+(dataset images, `batch / step`), image passes/s (images through the backbone, as the step counted
+them: with SimCLR supervised 1 per image, simclr 2, functional-clean 3, functional-view 2), teacher forwards/s
 (images through a momentum teacher, forward only, where the objective has one) and peak memory;
 per method the fkt/bare throughput ratio; and the functional-view / simclr step-time ratio.
 
@@ -79,16 +75,18 @@ class MethodSpec:
     module: str            # key of fkt.methods.MODULES
     config_method: str     # method.name in the Config
     classifier_input: str  # method.classifier_input
-    passes: int            # images through the backbone per dataset image in a training step
-    ssl: bool
-    ce: bool
+
+    @property
+    def ssl(self) -> bool:
+        return self.module != "supervised"
 
 
+# What each step makes (its image passes per image, its teacher forwards) is counted while it runs.
 METHODS: dict[str, MethodSpec] = {
-    "supervised": MethodSpec("supervised", "supervised", "clean", 1, ssl=False, ce=True),
-    "simclr": MethodSpec("pretrain", "representational", "clean", 2, ssl=True, ce=False),
-    "functional-clean": MethodSpec("functional", "functional", "clean", 3, ssl=True, ce=True),
-    "functional-view": MethodSpec("functional", "functional", "view", 2, ssl=True, ce=True),
+    "supervised": MethodSpec("supervised", "supervised", "clean"),
+    "simclr": MethodSpec("pretrain", "representational", "clean"),
+    "functional-clean": MethodSpec("functional", "functional", "clean"),
+    "functional-view": MethodSpec("functional", "functional", "view"),
 }
 
 
@@ -123,21 +121,10 @@ class Settings:
 # --------------------------------------------------------------------------- settings
 
 def resolve_device(name: str) -> str:
-    import torch
+    """The device as `Settings` holds it (its index written out: torch.cuda.set_device and Lightning want one)."""
+    from fkt.hardware import resolve_device as resolve
 
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return "cpu"
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: no CUDA device here (torch {torch.__version__})")
-        index = int(name[5:]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-        return f"cuda:{index}"  # with its index: torch.cuda.set_device and Lightning's devices want one
-    raise UserError(f"--device {name}: choose cpu, cuda, cuda:N or auto")
+    return str(resolve(name))
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -191,21 +178,6 @@ def bench_config(method: str, s: Settings):
         "trainer": trainer,
         "seed": s.seed,
     }, source="bench")
-
-
-def step_seed_fn(method: str, s: Settings):
-    """The seed fkt draws step i's views from (None where fkt does not re-seed per step).
-
-    fkt re-seeds the global RNG before every training step from (seed, method, step, rank), so a
-    resumed run draws the same views; the bare loop does the same, so that both implementations
-    see the same views at every step (and the same first-step loss)."""
-    from fkt.methods import MODULES, base
-
-    step_seed = getattr(base, "step_seed", None)
-    if step_seed is None:
-        return None
-    name = MODULES[METHODS[method].module].name  # the module's own name, which fkt seeds from
-    return lambda step: step_seed(s.seed, name, step, 0)
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -265,13 +237,12 @@ def run_fkt(method: str, s: Settings, device) -> dict[str, Any]:
     import pytorch_lightning as pl
     import torch
 
-    from fkt.engine import make_trainer
+    from fkt.hardware import make_trainer
     from fkt.methods import MODULES
 
     config = bench_config(method, s)
     seed_all(s.seed)
     module = MODULES[METHODS[method].module](config=config.to_dict(), num_classes=s.num_classes)
-    per_step = step_seed_fn(method, s)
 
     class StepClock(pl.Callback):
         def __init__(self) -> None:
@@ -281,8 +252,6 @@ def run_fkt(method: str, s: Settings, device) -> dict[str, Any]:
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             sync(device)
             self.stamps.append(time.perf_counter())
-            if batch_idx == 0 and per_step is None:
-                seed_all(s.seed)  # an fkt without per-step seeds: step 0 then draws the bare loop's views
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.losses.append(outputs["loss"].detach())
@@ -304,112 +273,53 @@ def run_fkt(method: str, s: Settings, device) -> dict[str, Any]:
     trainer.fit(module, train_dataloaders=synthetic_loader(s, device))
     sync(device)
     return {"stamps": clock.stamps[: s.total_steps + 1], "losses": [float(x) for x in clock.losses],
-            "image_passes": module.image_passes, "teacher_forwards": module.teacher_forwards,
+            "image_passes": module.image_passes, "teacher_forwards": module.context.teacher_forwards,
             "steps_run": len(clock.losses), "channels_last": module.memory_format == torch.channels_last}
 
 
 # --------------------------------------------------------------------------- the bare loop
 
-class BareMethod:
-    """What an SSL objective calls on the method that holds it (`fkt.methods.base.Method`), without
-    Lightning: the backbone, the views, `encode` and `teacher_encode` (counting images as the module
-    does), the rank count, and the step (`global_step`, `total_steps`) that a momentum teacher's schedule
-    reads."""
-
-    def __init__(self, backbone, views, memory_format, total_steps: int) -> None:
-        self.backbone = backbone
-        self.views = views
-        self.memory_format = memory_format
-        self.world_size = 1
-        self.training = True
-        self.global_step = 0
-        self.total_steps = total_steps
-        self.passes = 0
-        self.teacher_forwards = 0
-
-    def encode(self, images, term: str):
-        self.passes += images.shape[0]
-        return self.backbone(images.contiguous(memory_format=self.memory_format))
-
-    def teacher_encode(self, backbone, images):
-        self.teacher_forwards += images.shape[0]
-        return backbone(images.contiguous(memory_format=self.memory_format))
-
 def run_bare(method: str, s: Settings, device) -> dict[str, Any]:
+    """The same module's step (its `losses` through its `StepContext`, its `combine`, its optimizer
+    settings), in a plain loop: no Trainer, no hooks, callbacks or logging."""
     import torch
-    from torch.nn import functional as F
 
-    from fkt.data.transforms import Normalize, SimCLRViews
-    from fkt.methods.base import build_optimizer
-    from fkt.models import build_backbone, classifier_head, compile_backbone
-    from fkt.ssl import build_objective
+    from fkt.callbacks import step_seed
+    from fkt.methods import MODULES
+    from fkt.models import compile_backbone
+    from fkt.optim import build_optimizer
 
-    spec = METHODS[method]
     cfg = bench_config(method, s)
     seed_all(s.seed)
-    # built in Method.__init__'s order, so that the same seed gives the same weights
-    backbone, feat_dim = build_backbone(cfg.model.backbone, cfg.model.stem, None)
-    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-    backbone.to(memory_format=memory_format)
-    classifier = classifier_head(feat_dim, s.num_classes)
-    objective = build_objective(cfg, backbone, feat_dim) if spec.ssl else None  # heads, loss, any teacher
-    views = SimCLRViews(s.image_size)
-    normalize = Normalize()
-    for part in (backbone, classifier, objective, views, normalize):
-        if part is not None:
-            part.to(device).train()
-    if objective is not None:
-        objective.distributed(1)  # as Method.setup, on one rank
-
-    # the module's `trainable()` order: backbone, the objective's trained parts, the classifier
-    trained = [backbone] + (objective.trainable() if spec.ssl else []) + ([classifier] if spec.ce else [])
-    params = [p for m in trained for p in m.parameters()]
-    for p in classifier.parameters():
-        p.requires_grad_(spec.ce)
-    optim = cfg.optim
-    settings = {"supervised": optim.supervised, "representational": optim.ssl,
-                "functional": getattr(optim, optim.functional)}[spec.config_method]
-    optimizer = build_optimizer(settings, params)
+    module = MODULES[METHODS[method].module](config=cfg.to_dict(), num_classes=s.num_classes)  # fkt's weights
+    module.to(device).train()
+    module.settle_trainable()
+    if module.ssl is not None:
+        module.ssl.distributed(1)  # as Method.setup, on one rank
+    ctx = module.context
+    ctx.total_steps = ctx.steps_per_epoch = s.total_steps + 1  # fkt's Trainer: max_steps, one epoch
+    optimizer = build_optimizer(module.optimizer_settings(), module.trainable_parameters())
     if s.compile:
-        compile_backbone(backbone, s.compile_mode)  # as fkt does
-    per_step = step_seed_fn(method, s)
-    total = s.total_steps + 1  # fkt's Trainer: max_steps, its estimated_stepping_batches
-    stand_in = BareMethod(backbone, views, memory_format, total)
-
+        compile_backbone(module.backbone, s.compile_mode)  # as fkt does
     amp_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(s.precision)
     scaler = torch.amp.GradScaler(device.type) if s.precision == "16-mixed" else None
-    lam = cfg.method.lambda_ce
-    view_input = spec.classifier_input == "view"
 
-    def step_loss(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        h1 = None
-        loss = None
-        if spec.ssl:
-            loss, h1 = objective(stand_in, images, targets if objective.uses_labels else None)
-        if spec.ce:
-            features = h1 if view_input and h1 is not None else stand_in.encode(
-                views(images) if view_input else normalize(images), "ce")
-            ce = F.cross_entropy(classifier(features), targets)
-            loss = ce if loss is None else loss + lam * ce
-        return loss
+    def step_loss(batch: tuple) -> torch.Tensor:
+        return module.combine(module.losses(ctx, batch))
 
     stamps: list[float] = []
     losses: list[torch.Tensor] = []
-    for i, (images, targets) in enumerate(synthetic_loader(s, device)):
+    for i, batch in enumerate(synthetic_loader(s, device)):
         sync(device)
         stamps.append(time.perf_counter())
         if i == s.total_steps:
             break
-        if per_step is not None:
-            torch.manual_seed(per_step(i))  # as fkt's on_train_batch_start
-        elif i == 0:
-            seed_all(s.seed)
-        stand_in.global_step = i
+        ctx.start(i, step_seed(s.seed, module.name, i, 0))  # as fkt's StepSeed callback
         if amp_dtype is not None:
             with torch.autocast(device.type, dtype=amp_dtype):
-                loss = step_loss(images, targets)
+                loss = step_loss(batch)
         else:
-            loss = step_loss(images, targets)
+            loss = step_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -418,12 +328,11 @@ def run_bare(method: str, s: Settings, device) -> dict[str, Any]:
         else:
             loss.backward()
             optimizer.step()
-        stand_in.global_step = i + 1  # the step count a teacher's momentum reads, as Lightning's global_step
         losses.append(loss.detach())
     sync(device)
-    return {"stamps": stamps, "losses": [float(x) for x in losses],
-            "image_passes": stand_in.passes, "teacher_forwards": stand_in.teacher_forwards,
-            "steps_run": len(losses), "channels_last": memory_format == torch.channels_last}
+    return {"stamps": stamps, "losses": [float(x) for x in losses], "image_passes": ctx.image_passes,
+            "teacher_forwards": ctx.teacher_forwards, "steps_run": len(losses),
+            "channels_last": module.memory_format == torch.channels_last}
 
 
 # --------------------------------------------------------------------------- one measurement
@@ -464,9 +373,8 @@ def measure(method: str, impl: str, settings: dict[str, Any]) -> dict[str, Any]:
     out.update({
         "method": method,
         "impl": impl,
-        "passes_per_image": spec.passes,
-        "passes_per_image_counted": raw["image_passes"] / images_seen if images_seen else math.nan,
-        "passes_per_s": out["images_per_s"] * spec.passes,
+        # images through the backbone per dataset image, as the step counted them (fkt.step)
+        "passes_per_image": raw["image_passes"] / images_seen if images_seen else math.nan,
         "ssl": s.ssl if spec.ssl else None,
         # images through a momentum teacher per dataset image (forward only), where the objective has one
         "teacher_forwards_per_image_counted": raw["teacher_forwards"] / images_seen if images_seen else math.nan,
@@ -478,6 +386,7 @@ def measure(method: str, impl: str, settings: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
     })
+    out["passes_per_s"] = out["images_per_s"] * out["passes_per_image"]
     out["teacher_forwards_per_s"] = out["images_per_s"] * out["teacher_forwards_per_image_counted"]
     out["peak_mb"] = out["peak_gpu_mb"] if out["peak_gpu_mb"] is not None else out["peak_rss_mb"]
     out["peak_memory_kind"] = "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS"

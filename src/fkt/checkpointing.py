@@ -1,9 +1,12 @@
-"""What makes a run survive faults: atomic checkpoints, mid-epoch saves, Ctrl-C, RNG state.
+"""What a checkpoint holds and how it is written and read: atomic checkpoints, mid-epoch saves,
+Ctrl-C, RNG state, fkt's own run state, and reading any checkpoint as data.
 
 A kill at any moment leaves the last complete `last.ckpt` (written to a temp file, fsynced,
 renamed). Rerunning the command restores model, optimizer, scheduler, loop counters, the
 data order (`fkt.data.sampler`) and RNG states from it; see docs/faults.md for what is
-bit-identical after a resume and why.
+bit-identical after a resume and why. Every checkpoint fkt reads is read by `read_checkpoint`
+(tensors and plain types only), and checkpoints of older fkt versions are brought up to date
+in `load_run_state`, the one place that knows their formats.
 """
 
 from __future__ import annotations
@@ -28,15 +31,15 @@ from fkt.io import atomic_write
 TRUST_FLAG = "--trust-checkpoint"
 
 
-def read_checkpoint(path: Path, trust: bool = False, what: str = "--checkpoint") -> dict[str, Any]:
+def read_checkpoint(path: Path, trust: bool = False, what: str = "--checkpoint", lazy: bool = False) -> dict[str, Any]:
     """A checkpoint's contents as data: tensors and plain types only (`weights_only`), so a file
     from elsewhere cannot run code while it loads. `trust` unpickles in full, for the user who
-    knowingly wants that."""
+    knowingly wants that. `lazy` maps the file instead of reading its tensors (a look at its metadata)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=not trust)
+        state = torch.load(path, map_location="cpu", weights_only=not trust, mmap=lazy)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
             raise UserError(f"{what} {path}: not a readable checkpoint (UnpicklingError)") from None
@@ -49,6 +52,28 @@ def read_checkpoint(path: Path, trust: bool = False, what: str = "--checkpoint")
     if not isinstance(state, dict):
         raise UserError(f"{what} {path}: not an fkt checkpoint")
     return state
+
+
+def save_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
+    """fkt's part of a checkpoint (`checkpoint["fkt"]`): which module it is, the step context's counts
+    and view stream, the training clock and the SSL term's track."""
+    checkpoint["fkt"] = {"module": module.name, "image_passes": module.image_passes, **module.context.state_dict(),
+                         "train_seconds": module.elapsed(), "ssl_track": module.ssl_track.state_dict()}
+
+
+def load_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
+    """The inverse of `save_run_state`, for checkpoints of every fkt version (updated in place, before
+    Lightning loads the state dict)."""
+    info = dict(checkpoint.get("fkt", {}))
+    if "passes_by_term" not in info and info.get("image_passes"):  # before passes were split by term
+        info["passes_by_term"] = {"unsplit": info["image_passes"]}
+    module.context.load_state_dict(info)
+    state = checkpoint.get("state_dict", {})
+    for key in [k for k in state if k.startswith("projector.")]:  # before objectives were parts
+        state["ssl." + key] = state.pop(key)
+    module.train_seconds = info.get("train_seconds", 0.0)
+    if "ssl_track" in info:  # not in checkpoints from before the no-learning check
+        module.ssl_track.load_state_dict(info["ssl_track"])
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

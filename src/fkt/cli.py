@@ -131,7 +131,7 @@ def summary_line(results: dict) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fkt.engine import evaluate_checkpoint
+    from fkt.evaluate import evaluate_checkpoint
 
     results = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_root, args.out,
                                   probes=args.probe, corruptions=args.corruptions, trust=args.trust_checkpoint,

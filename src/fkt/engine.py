@@ -1,22 +1,12 @@
-"""Runs one training run: run directory, Lightning Trainer per stage, final evaluation.
-
-Layout of a run directory:
-    config.yaml          the resolved config
-    split.json           the train/val(/test) indices, reused when the run is repeated
-    checkpoints/         best.ckpt (best val accuracy) and last.ckpt of the final stage;
-                         checkpoints/<stage>/last.ckpt for earlier stages (SimCLR pretraining)
-    logs/<stage>/        Lightning's CSV log (metrics.csv)
-    tb/<stage>/          TensorBoard events
-    metrics.json         test metrics of the best checkpoint, val accuracy, compute (per SSL stage its
-                         term's start and end: compute.stages.<stage>.ssl), warnings (an SSL stage
-                         that did not learn, fkt.learning)
+"""Runs one training run: its run directory (`fkt.rundir`), a Lightning Trainer per stage, the final
+evaluation. A stage's compute (image passes and FLOPs, per term) is counted by its steps
+(`fkt.step`, `fkt.compute`) and only summed here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import sys
 import warnings
@@ -24,23 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
-from lightning_fabric.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from fkt.checkpointing import AtomicCheckpointIO, ResumeState, read_checkpoint
+from fkt.compute import count_step
 from fkt.config import Config, save_config
-from fkt.data import dataset_info
+from fkt.data import image_side
 from fkt.data.module import FKTDataModule
 from fkt.errors import UserError
-from fkt.evaluate import classification_metrics, load_checkpoint, predict
-from fkt.io import RunLock, atomic_write_json, is_rank_zero
-from fkt.learning import stage_warning
-from fkt.methods import Method, Stage, stages
-from fkt.objectives import NonFiniteLoss
+from fkt.evaluate import classification_metrics, predict, representation_metrics
 from fkt.fusion import check_fusion
+from fkt.hardware import check_hardware, evaluation_device, make_trainer, probe_trainer
+from fkt.io import RunLock, atomic_write_json, is_rank_zero
+from fkt.learning import stage_progress, stage_warning
+from fkt.methods import Method, Stage, load_module, stages
+from fkt.objectives import NonFiniteLoss
+from fkt.rundir import RunDir
 from fkt.ssl import check_objective
 
 
@@ -56,13 +46,8 @@ def quiet_lightning() -> None:
 def resolved(config: Config) -> Config:
     """Fill in defaults that depend on the dataset, so the saved config says what ran."""
     config = config.model_copy(deep=True)
-    if config.data.image_size is None:
-        config.data.image_size = dataset_info(config.data.dataset).image_size
+    config.data.image_size = image_side(config)
     return config
-
-
-def checkpoint_dir(run_dir: Path, stage: Stage, final: bool) -> Path:
-    return run_dir / "checkpoints" if final else run_dir / "checkpoints" / stage.name
 
 
 def resumable_epochs(checkpoint: Path, config: Config, num_classes: int, trust: bool = False) -> int:
@@ -86,36 +71,24 @@ def check_method(config: Config) -> None:
     check_fusion(config, probe_trainer(config).world_size)
 
 
-def check_devices(config: Config) -> None:
-    """`--devices` beyond what this machine has, in one line (Lightning would spawn or fail late)."""
-    t = config.trainer
-    if not (isinstance(t.devices, int) or str(t.devices).isdigit()):
-        return
-    wanted = int(t.devices)
-    gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
-    have = torch.cuda.device_count() if gpu else (os.cpu_count() or 1)
-    what = "GPU(s)" if gpu else "CPU core(s)"
-    if wanted < 1 or wanted > have:
-        raise UserError(f"--devices {wanted}: this machine has {have} {what}")
-
-
-def build_trainer(config: Config, run_dir: Path, stage: Stage, final: bool) -> pl.Trainer:
-    ckpt_dir = checkpoint_dir(run_dir, stage, final)
+def build_trainer(config: Config, run: RunDir, stage: Stage, final: bool) -> pl.Trainer:
     t = config.trainer
     callbacks: list[pl.Callback] = []
-    if final:  # best.ckpt on validation accuracy; SimCLR pretraining has no labels to select on
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/acc", mode="max",
-                                         auto_insert_metric_name=False, enable_version_counter=False))
-    callbacks.append(ResumeState(ckpt_dir / "last.ckpt", t.checkpoint_every_n_steps, t.checkpoint_every_minutes))
-    loggers = [CSVLogger(run_dir, name="logs", version=stage.name),
-               TensorBoardLogger(run_dir, name="tb", version=stage.name, default_hp_metric=False)]
+    if final:  # best.ckpt on validation accuracy (weights only: it is never resumed); pretraining has no labels
+        callbacks.append(ModelCheckpoint(dirpath=run.checkpoints(), filename="best", monitor="val/acc", mode="max",
+                                         save_weights_only=True, auto_insert_metric_name=False,
+                                         enable_version_counter=False))
+    last = run.last(None if final else stage.name)
+    callbacks.append(ResumeState(last, t.checkpoint_every_n_steps, t.checkpoint_every_minutes))
+    loggers = [CSVLogger(run.root, name="logs", version=stage.name),
+               TensorBoardLogger(run.root, name="tb", version=stage.name, default_hp_metric=False)]
     return make_trainer(
         config,
         max_epochs=stage.epochs,
         plugins=[AtomicCheckpointIO()],
         logger=loggers,
         callbacks=[*callbacks, LearningRateMonitor(logging_interval="epoch")],
-        default_root_dir=run_dir,
+        default_root_dir=run.root,
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
@@ -123,63 +96,6 @@ def build_trainer(config: Config, run_dir: Path, stage: Stage, final: bool) -> p
         limit_val_batches=1.0 if final else 0,
         num_sanity_val_steps=0,
     )
-
-
-def make_trainer(config: Config, **settings: Any) -> pl.Trainer:
-    """A Trainer with the run's hardware settings; a bad value is the user's, in one line."""
-    t = config.trainer
-    try:
-        return pl.Trainer(
-            accelerator=t.accelerator,
-            devices=t.devices,
-            num_nodes=t.num_nodes,
-            strategy=t.strategy,
-            precision=t.precision,
-            deterministic=t.deterministic,
-            sync_batchnorm=bool(t.sync_batchnorm),
-            # the data module shards and orders the data itself (fkt.data.sampler), resumably
-            use_distributed_sampler=False,
-            **settings,
-        )
-    except (MisconfigurationException, ImportError, ValueError, RuntimeError, TypeError) as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        raise UserError(f"--accelerator {t.accelerator} --devices {t.devices} --strategy {t.strategy} "
-                        f"--precision {t.precision}: {message}") from None
-
-
-def probe_trainer(config: Config) -> pl.Trainer:
-    """A Trainer that never runs: what Lightning makes of the hardware settings (accelerator, world
-    size), so that a check asks Lightning rather than guessing (about 6 ms)."""
-    chatter = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    level = chatter.level
-    chatter.setLevel(logging.WARNING)  # "GPU available: ..." is said once, by the real Trainer
-    try:
-        return make_trainer(config.model_copy(update={"trainer": config.trainer.model_copy(
-            update={"sync_batchnorm": False})}), logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False)
-    finally:
-        chatter.setLevel(level)
-
-
-def check_hardware(config: Config) -> Config:
-    """Refuse impossible hardware settings before anything is written; settle the ones left to
-    the hardware (sync_batchnorm) so that the saved config says what ran."""
-    check_devices(config)
-    probe = probe_trainer(config)
-    on_gpu = isinstance(probe.accelerator, CUDAAccelerator)
-    wanted = config.trainer.sync_batchnorm
-    if wanted and not on_gpu:
-        raise UserError("--sync-batchnorm: needs GPUs (torch's SyncBatchNorm has no CPU kernels)")
-    config = config.model_copy(deep=True)
-    # SimCLR's choice: with per-GPU statistics, the two views of an image share a batch's statistics
-    # and the contrastive task can be solved through them.
-    config.trainer.sync_batchnorm = wanted if wanted is not None else on_gpu and probe.world_size > 1
-    return config
-
-
-def evaluation_device(config: Config) -> torch.device:
-    wants_gpu = config.trainer.accelerator in ("auto", "gpu", "cuda")
-    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
 
 
 @contextlib.contextmanager
@@ -198,10 +114,6 @@ def run_directory(run_dir: Path, owner: bool):
         raise
 
 
-def any_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / "checkpoints").rglob("last.ckpt"))
-
-
 def train(config: Config, resume: bool = False, trust: bool = False) -> dict[str, Any]:
     """Train every stage of the configured method, then evaluate the best checkpoint once on test.
 
@@ -214,74 +126,98 @@ def train(config: Config, resume: bool = False, trust: bool = False) -> dict[str
     quiet_lightning()
     config = check_hardware(resolved(config))
     check_method(config)
-    run_dir = Path(config.out)
-    if resume and not any_checkpoint(run_dir):
-        raise UserError(f"--resume: no checkpoint under {run_dir / 'checkpoints'} to resume from")
+    run = RunDir(config.out)
+    if resume and not run.any_last():
+        raise UserError(f"--resume: no checkpoint under {run.checkpoints()} to resume from")
     owner = is_rank_zero()
-    with run_directory(run_dir, owner):
-        data = FKTDataModule(config, split_file=run_dir / "split.json")
+    with run_directory(run.root, owner):
+        data = FKTDataModule(config, split_file=run.split)
         data.setup()  # bad data stops the run here, before anything else is written
+        config = data.config  # where the data module fitted a setting to the data (a batch capped), with a note
         if owner:
-            save_config(config, run_dir / "config.yaml")
+            save_config(config, run.config)
         pl.seed_everything(config.seed, workers=True, verbose=False)
-        compute = train_stages(config, run_dir, data, trust)
+        compute = train_stages(config, run, data, trust)
         if compute is None:
             return {}
-        return evaluate_run(config, run_dir, data, compute)
+        return evaluate_run(config, run, data, compute)
 
 
-def train_stages(config: Config, run_dir: Path, data: FKTDataModule, trust: bool = False) -> dict[str, Any] | None:
-    """Fit each stage (or reload it where a previous run finished it); None on ranks other than 0."""
-    classes = data.classes
+def train_stages(config: Config, run: RunDir, data: FKTDataModule, trust: bool = False) -> dict[str, Any] | None:
+    """Fit each stage (or reload it where a previous run finished it) and sum what each counted;
+    None on ranks other than 0."""
     compute: dict[str, Any] = {"epochs": 0, "image_passes": 0, "passes_by_term": {}, "teacher_forwards": 0,
-                               "train_seconds": 0.0, "stages": {}}
+                               "flops": {}, "train_seconds": 0.0, "stages": {}}
     plan = stages(config)
     previous: Method | None = None
     is_global_zero = True
     for i, stage in enumerate(plan):
-        final = i == len(plan) - 1
-        last = checkpoint_dir(run_dir, stage, final) / "last.ckpt"
-        resume = last if last.exists() else None
-        if resume is not None and resumable_epochs(resume, config, len(classes), trust) >= stage.epochs:
-            module = load_checkpoint(resume, trust)  # finished before an interruption: nothing to redo
-        else:
-            module = stage.module(config=config.to_dict(), num_classes=len(classes), classes=classes,
-                                  freeze_backbone=stage.freeze_backbone)
-            if stage.init_from is not None:
-                module.backbone.load_state_dict(previous.backbone.state_dict())
-            trainer = build_trainer(config, run_dir, stage, final)
-            try:
-                trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=not trust)
-            except NonFiniteLoss as err:
-                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was saved yet"
-                raise NonFiniteLoss(f"{stage.name}: {err}; {kept}") from None
-            is_global_zero = trainer.is_global_zero
-        passes = module.image_passes
-        seconds = round(module.train_seconds, 2)
-        compute["stages"][stage.name] = {"module": module.name, "epochs": stage.epochs,
-                                         "image_passes": passes, "passes_by_term": module.passes_by_term,
-                                         "teacher_forwards": module.teacher_forwards,
-                                         "train_seconds": seconds, "resumed": resume is not None}
-        progress = module.ssl_progress()
-        if progress is not None:  # an SSL stage that ran to its end without learning must not pass unnoticed
-            warning = stage_warning(stage.name, progress)
-            compute["stages"][stage.name]["ssl"] = {**progress, "warning": warning}
-            if warning is not None and is_rank_zero():
-                print(f"[fkt] warning: {warning}", file=sys.stderr, flush=True)
-        for term, count in module.passes_by_term.items():
-            compute["passes_by_term"][term] = compute["passes_by_term"].get(term, 0) + count
-        compute["epochs"] += stage.epochs
-        compute["image_passes"] += passes
-        compute["teacher_forwards"] += module.teacher_forwards
-        compute["train_seconds"] += seconds
+        if previous is not None:  # the next stage's heads start where the last one's view stream ended
+            previous.context.continue_stream()
+        module, resumed, is_global_zero = fit_stage(config, run, data, stage, i == len(plan) - 1, previous, trust)
+        record = stage_compute(config, stage, module, data, resumed)
+        compute["stages"][stage.name] = record
+        for key in ("passes_by_term", "flops"):
+            for term, count in record[key].items():
+                compute[key][term] = compute[key].get(term, 0) + count
+        for key in ("epochs", "image_passes", "teacher_forwards", "train_seconds"):
+            compute[key] += record[key]
         previous = module
     compute["train_seconds"] = round(compute["train_seconds"], 2)
     return compute if is_global_zero else None
 
 
-def evaluate_run(config: Config, run_dir: Path, data: FKTDataModule, compute: dict[str, Any]) -> dict[str, Any]:
+def fit_stage(config: Config, run: RunDir, data: FKTDataModule, stage: Stage, final: bool, previous: Method | None,
+              trust: bool) -> tuple[Method, bool, bool]:
+    """(the stage's module, whether it resumed, whether this is the global rank 0)."""
+    classes = data.classes
+    last = run.last(None if final else stage.name)
+    resume = last if last.exists() else None
+    if resume is not None and resumable_epochs(resume, config, len(classes), trust) >= stage.epochs:
+        return load_module(resume, trust), True, True  # finished before an interruption: nothing to redo
+    module = stage.module(config=config.to_dict(), num_classes=len(classes), classes=classes,
+                          freeze_backbone=stage.freeze_backbone)
+    if stage.init_from is not None:
+        module.backbone.load_state_dict(previous.backbone.state_dict())
+    trainer = build_trainer(config, run, stage, final)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=not trust)
+    except NonFiniteLoss as err:
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was saved yet"
+        raise NonFiniteLoss(f"{stage.name}: {err}; {kept}") from None
+    return module, resume is not None, trainer.is_global_zero
+
+
+def stage_compute(config: Config, stage: Stage, module: Method, data: FKTDataModule, resumed: bool) -> dict[str, Any]:
+    """What a stage spent: the passes and teacher forwards its steps counted, its FLOPs (one probe step's,
+    measured here, times its steps on every rank), its seconds; and, for an SSL stage, whether its
+    term learned (a stage that ran to its end without learning must not pass unnoticed)."""
+    ctx = module.context
+    step = count_step(stage.module, config, len(data.classes), evaluation_device(config), flops=True,
+                      freeze_backbone=stage.freeze_backbone)
+    scale = ctx.steps * module_world_size(config)
+    record: dict[str, Any] = {"module": module.name, "epochs": stage.epochs, "image_passes": ctx.image_passes,
+                              "passes_by_term": dict(ctx.passes), "teacher_forwards": ctx.teacher_forwards,
+                              "steps": ctx.steps, "flops_per_step": step.flops,
+                              "flops": {term: value * scale for term, value in step.flops.items()},
+                              "train_seconds": round(module.train_seconds, 2), "resumed": resumed}
+    progress = stage_progress(module)
+    if progress is not None:
+        warning = stage_warning(stage.name, progress)
+        record["ssl"] = {**progress, "warning": warning}
+        if warning is not None and is_rank_zero():
+            print(f"[fkt] warning: {warning}", file=sys.stderr, flush=True)
+    return record
+
+
+def module_world_size(config: Config) -> int:
+    """Ranks a stage's steps ran on (each made the probe step's FLOPs on its own shard)."""
+    return probe_trainer(config).world_size
+
+
+def evaluate_run(config: Config, run: RunDir, data: FKTDataModule, compute: dict[str, Any]) -> dict[str, Any]:
     """Val and test metrics of the best checkpoint (the test set's only use), written to metrics.json."""
-    best = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
+    best = load_module(run.best)
     device = evaluation_device(config)
     bundle = data.bundle
     results: dict[str, Any] = {
@@ -304,68 +240,6 @@ def evaluate_run(config: Config, run_dir: Path, data: FKTDataModule, compute: di
     results["data_notes"] = bundle.notes
     skipped = getattr(bundle, "skipped", [])
     results["skipped_images"] = {"count": len(skipped), "files": [f"{path}: {why}" for path, why in skipped]}
-    results["checkpoint"] = "checkpoints/best.ckpt"
-    atomic_write_json(run_dir / "metrics.json", results)
-    return results
-
-
-def representation_metrics(module: Method, data: FKTDataModule, device: torch.device, config: Config,
-                           probes: list[str] | None = None, corruptions: bool | None = None) -> dict[str, Any]:
-    """Beyond clean test metrics: probes of the frozen backbone (k-NN, linear) and the test accuracy
-    under common corruptions, as `config.evaluate` says unless `probes` or `corruptions` say otherwise."""
-    settings = config.evaluate
-    probes = settings.probes if probes is None else probes
-    results: dict[str, Any] = {}
-    if probes:
-        from fkt.probes import probe_accuracies
-
-        results["probes"] = probe_accuracies(module, data, list(probes), device)
-    if settings.corruptions if corruptions is None else corruptions:
-        from fkt.corruptions import corruption_accuracy
-
-        loader = data.loader("test", limit=settings.corruption_images)
-        results["corruptions"] = corruption_accuracy(module, loader, device, settings.corruption_seed)
-        results["corruptions"]["images"] = len(loader.dataset)
-    return results
-
-
-def checkpoint_data(module: Method, checkpoint: Path, data_root: Path | None = None) -> FKTDataModule:
-    """The data a checkpoint was trained on, with its run's saved split where the run directory
-    is at hand (`<run>/checkpoints/[<stage>/]x.ckpt`), else the same split made again."""
-    config = module.cfg.model_copy(deep=True)
-    if data_root is not None:
-        config.data.root = data_root
-    folder = Path(checkpoint).resolve().parent
-    candidates = [folder.parent / "split.json", folder.parent.parent / "split.json"]
-    split_file = next((c for c in candidates if c.exists()), None)
-    data = FKTDataModule(config, split_file=split_file)
-    data.setup()
-    return data
-
-
-def evaluate_checkpoint(checkpoint: Path, dataset: str | None, data_root: Path | None, out: Path | None,
-                        probes: list[str] = (), corruptions: bool = False, trust: bool = False) -> dict[str, Any]:
-    """Test metrics of a saved checkpoint, on the same split its run used where that is known; with
-    `probes` and `corruptions`, the representation and robustness measures as well. An SSL pretraining stage
-    has no trained classifier: it gets the k-NN probe instead of test metrics."""
-    module = load_checkpoint(checkpoint, trust)
-    if dataset is not None and dataset != module.cfg.data.dataset:
-        raise UserError(f"--dataset {dataset}: the checkpoint was trained on {module.cfg.data.dataset}")
-    data = checkpoint_data(module, checkpoint, data_root)
-    if data.classes != module.hparams.classes and module.hparams.classes is not None:
-        raise UserError(f"--checkpoint {checkpoint}: its classes differ from the dataset's")
-    device = evaluation_device(module.cfg)
-    results: dict[str, Any] = {"checkpoint": str(checkpoint), "dataset": module.cfg.data.dataset,
-                               "module": module.name}
-    if not module.trains_classifier:
-        print(f"[fkt] {checkpoint}: an SSL pretraining stage, whose classifier was never trained: "
-              "no test metrics or corruption accuracy; its backbone is probed instead", flush=True)
-        probes = list(probes) or ["knn"]
-    else:
-        logits, targets = predict(module, data.loader("test"), device)
-        results["test"] = classification_metrics(logits, targets, data.classes, ordinal=data.bundle.ordinal)
-    results.update(representation_metrics(module, data, device, module.cfg, list(probes),
-                                          corruptions and module.trains_classifier))
-    if out is not None:
-        atomic_write_json(Path(out) / "eval.json", results)
+    results["checkpoint"] = run.relative(run.best)
+    atomic_write_json(run.metrics, results)
     return results

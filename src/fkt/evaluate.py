@@ -1,4 +1,4 @@
-"""Metrics on a whole split (no dropped batches), and loading any fkt checkpoint to get them."""
+"""Metrics on a whole split (no dropped batches), of a run's best checkpoint or of any checkpoint."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import torch
 from torch.utils.data import DataLoader
 from torchmetrics.functional import classification as C
 
+from fkt.data.module import FKTDataModule
 from fkt.errors import UserError
+from fkt.hardware import evaluation_device
+from fkt.io import atomic_write_json
+from fkt.methods import load_module
+from fkt.rundir import RunDir
 
 
 @torch.no_grad()
@@ -57,22 +62,69 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes:
     return metrics
 
 
-def load_checkpoint(path: Path, trust: bool = False):
-    """Any fkt checkpoint -> its method module, on the CPU, in eval mode (read as data unless `trust`)."""
-    from fkt.checkpointing import read_checkpoint
-    from fkt.methods import MODULES
+def representation_metrics(module: Any, data: FKTDataModule, device: torch.device, config: Config,
+                           probes: list[str] | None = None, corruptions: bool | None = None) -> dict[str, Any]:
+    """Beyond clean test metrics: probes of the frozen backbone (k-NN, linear) and the test accuracy
+    under common corruptions, as `config.evaluate` says unless `probes` or `corruptions` say otherwise."""
+    settings = config.evaluate
+    probes = settings.probes if probes is None else probes
+    results: dict[str, Any] = {}
+    if probes:
+        from fkt.probes import probe_accuracies
 
-    path = Path(path)
-    checkpoint = read_checkpoint(path, trust)
-    info = checkpoint.get("fkt")
-    name = info.get("module") if isinstance(info, dict) else None
-    if name not in MODULES:
-        raise UserError(f"--checkpoint {path}: not an fkt checkpoint")
-    hparams = checkpoint["hyper_parameters"]
-    config = dict(hparams["config"])
-    config["model"] = {**config["model"], "pretrained_weights": None}  # the weights are in the checkpoint
-    module = MODULES[name](config=config, num_classes=hparams["num_classes"], classes=hparams.get("classes"),
-                           freeze_backbone=hparams.get("freeze_backbone", False))
-    module.load_state_dict(checkpoint["state_dict"])
-    module.on_load_checkpoint(checkpoint)
-    return module.eval()
+        results["probes"] = probe_accuracies(module, data, list(probes), device)
+    if settings.corruptions if corruptions is None else corruptions:
+        from fkt.corruptions import corruption_accuracy
+
+        loader = data.loader("test", limit=settings.corruption_images)
+        results["corruptions"] = corruption_accuracy(module, loader, device, settings.corruption_seed)
+        results["corruptions"]["images"] = len(loader.dataset)
+    return results
+
+
+def checkpoint_data(module: Any, checkpoint: Path, data_root: Path | None = None,
+                    skip_bad_images: bool = False) -> FKTDataModule:
+    """The data a checkpoint was trained on, with its run's saved split where the run directory
+    is at hand, else the same split made again. `skip_bad_images`: files that became unreadable
+    since are left out (and counted), as `fkt train --skip-bad-images` does."""
+    config = module.cfg.model_copy(deep=True)
+    if data_root is not None:
+        config.data.root = data_root
+    if skip_bad_images:
+        config.data.skip_bad_images = True
+    run = RunDir.of(checkpoint)
+    data = FKTDataModule(config, split_file=run.split if run is not None and run.split.is_file() else None)
+    data.setup()
+    return data
+
+
+def evaluate_checkpoint(checkpoint: Path, dataset: str | None, data_root: Path | None, out: Path | None,
+                        probes: list[str] = (), corruptions: bool = False, trust: bool = False,
+                        skip_bad_images: bool = False) -> dict[str, Any]:
+    """Test metrics of a saved checkpoint, on the same split its run used where that is known; with
+    `probes` and `corruptions`, the representation and robustness measures as well. An SSL pretraining stage
+    has no trained classifier: it gets the k-NN probe instead of test metrics."""
+    module = load_module(checkpoint, trust)
+    if dataset is not None and dataset != module.cfg.data.dataset:
+        raise UserError(f"--dataset {dataset}: the checkpoint was trained on {module.cfg.data.dataset}")
+    data = checkpoint_data(module, checkpoint, data_root, skip_bad_images)
+    if data.classes != module.hparams.classes and module.hparams.classes is not None:
+        raise UserError(f"--checkpoint {checkpoint}: its classes differ from the dataset's")
+    device = evaluation_device(module.cfg)
+    results: dict[str, Any] = {"checkpoint": str(checkpoint), "dataset": module.cfg.data.dataset,
+                               "module": module.name}
+    if not module.trains_classifier:
+        print(f"[fkt] {checkpoint}: an SSL pretraining stage, whose classifier was never trained: "
+              "no test metrics or corruption accuracy; its backbone is probed instead", flush=True)
+        probes = list(probes) or ["knn"]
+    else:
+        logits, targets = predict(module, data.loader("test"), device)
+        results["test"] = classification_metrics(logits, targets, data.classes, ordinal=data.bundle.ordinal)
+    results.update(representation_metrics(module, data, device, module.cfg, list(probes),
+                                          corruptions and module.trains_classifier))
+    skipped = getattr(data.bundle, "skipped", [])
+    if skipped:
+        results["skipped_images"] = {"count": len(skipped), "files": [f"{path}: {why}" for path, why in skipped]}
+    if out is not None:
+        atomic_write_json(Path(out) / "eval.json", results)
+    return results

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from fkt.data import image_side
 from fkt.errors import UserError
 from fkt.io import atomic_write, atomic_write_json
 
@@ -114,16 +115,10 @@ SERIALIZERS: dict[str, Callable[[nn.Module, torch.Tensor], bytes]] = {"torchscri
 LOADERS: dict[str, Callable[[Path], Runner]] = {"torchscript": load_torchscript, "onnx": load_onnx}
 
 
-def image_size(module: nn.Module) -> int:
-    from fkt.data import dataset_info
-
-    return module.cfg.data.image_size or dataset_info(module.cfg.data.dataset).image_size
-
-
 def check_images(module: nn.Module, checkpoint: Path, data_root: Path | None) -> tuple[torch.Tensor, bool]:
     """The first test images of the checkpoint's data, as evaluation reads them, and True; where that
     data cannot be loaded, seeded random images and False (with a note)."""
-    from fkt.engine import checkpoint_data
+    from fkt.evaluate import checkpoint_data
 
     try:
         test = checkpoint_data(module, checkpoint, data_root).sets["test"]
@@ -133,7 +128,7 @@ def check_images(module: nn.Module, checkpoint: Path, data_root: Path | None) ->
     if why is None:
         return torch.stack([test[i][0] for i in range(min(CHECK_IMAGES, len(test)))]), True
     print(f"[fkt] {checkpoint}: {why}; the export is checked on {RANDOM_IMAGES} random images instead", flush=True)
-    size = image_size(module)
+    size = image_side(module.cfg)
     generator = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (RANDOM_IMAGES, 3, size, size), dtype=torch.uint8, generator=generator), False
 
@@ -166,20 +161,20 @@ def self_check(module: nn.Module, run: Runner, images: torch.Tensor, real: bool,
 def run_metrics(checkpoint: Path) -> dict[str, Any] | None:
     """The test numbers of the checkpoint's run (`<run>/checkpoints/[<stage>/]x.ckpt`), where its
     metrics.json is at hand, and whether they were measured on this very checkpoint."""
-    checkpoint = Path(checkpoint).resolve()
-    for run_dir in (checkpoint.parent.parent, checkpoint.parent.parent.parent):
-        path = run_dir / "metrics.json"
-        if path.is_file():
-            try:
-                metrics = json.loads(path.read_text())
-            except (OSError, ValueError):
-                return None
-            test = metrics.get("test") or {}
-            measured_on = metrics.get("checkpoint", "checkpoints/best.ckpt")
-            return {"file": str(path), "checkpoint": measured_on,
-                    "this_checkpoint": (run_dir / measured_on).resolve() == checkpoint,
-                    "test": {k: v for k, v in test.items() if isinstance(v, (int, float))}}
-    return None
+    from fkt.rundir import RunDir
+
+    run = RunDir.of(checkpoint)
+    if run is None or not run.metrics.is_file():
+        return None
+    try:
+        metrics = json.loads(run.metrics.read_text())
+    except (OSError, ValueError):
+        return None
+    test = metrics.get("test") or {}
+    measured_on = metrics.get("checkpoint", run.relative(run.best))
+    return {"file": str(run.metrics), "checkpoint": measured_on,
+            "this_checkpoint": (run.root / measured_on).resolve() == Path(checkpoint).resolve(),
+            "test": {k: v for k, v in test.items() if isinstance(v, (int, float))}}
 
 
 def describe(module: nn.Module, fmt: str, checkpoint: Path, check: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +183,7 @@ def describe(module: nn.Module, fmt: str, checkpoint: Path, check: dict[str, Any
     from fkt.data.transforms import MEAN, STD
 
     cfg = module.cfg
-    size = image_size(module)
+    size = image_side(module.cfg)
     classes = module.hparams.classes or [str(i) for i in range(module.classifier.out_features)]
     return {
         "format": fmt,
@@ -224,19 +219,19 @@ def export_checkpoint(checkpoint: Path, fmt: str, out: Path, data_root: Path | N
 
     The model file is written under a temporary name and checked from there, so a failed check
     leaves neither a model nor a model.json (nor touches an earlier export in the folder)."""
-    from fkt.evaluate import load_checkpoint
+    from fkt.methods import load_module
 
     if fmt not in FILE_NAMES:
         raise UserError(f"--format {fmt}: choose from {', '.join(FILE_NAMES)}")
     if fmt == "onnx":
         require_onnx()
-    module = load_checkpoint(checkpoint, trust)
+    module = load_module(checkpoint, trust)
     out = prepare_out(out)
     if not module.trains_classifier:
         print(f"[fkt] {checkpoint}: an SSL pretraining stage, whose classifier was never trained; exported "
               "anyway (model.json says classifier_trained: false)", flush=True)
     model = RawImageClassifier(module).eval()
-    size = image_size(module)
+    size = image_side(module.cfg)
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     data = SERIALIZERS[fmt](model, example)
     path, staged = out / FILE_NAMES[fmt], out / f".{FILE_NAMES[fmt]}.unchecked"

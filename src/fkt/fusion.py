@@ -14,6 +14,7 @@ from torch import nn
 from fkt.config import Config, MethodConfig
 from fkt.errors import UserError
 from fkt.objectives import weighted_total
+from fkt.step import StepContext
 
 TERMS = ("ssl", "ce")
 
@@ -95,8 +96,8 @@ def build_fusion(config: MethodConfig) -> Fusion:
     return FUSIONS[config.fusion](config)
 
 
-def split_backward(module: nn.Module, loss: torch.Tensor, terms: dict[str, torch.Tensor],
-                   want_cosine: bool) -> tuple[bool, torch.Tensor | None]:
+def split_backward(fusion: Fusion, ctx: StepContext, loss: torch.Tensor, terms: dict[str, torch.Tensor],
+                   heads: list[nn.Parameter], want_cosine: bool) -> tuple[bool, torch.Tensor | None]:
     """Each term's gradient on the backbone apart: for PCGrad, which then makes the backbone's
     gradient itself (True: the backward is done), and for the logged cosine between them.
 
@@ -107,19 +108,18 @@ def split_backward(module: nn.Module, loss: torch.Tensor, terms: dict[str, torch
     trainer.log_every_n_steps) they come before the usual backward, which they leave untouched:
     about one extra backward there, and under DDP two all-reduces of a backbone-sized vector.
     """
-    project = module.fusion.projects
-    shared = [p for p in module.backbone.parameters() if p.requires_grad]
+    project = fusion.projects
+    shared = [p for p in ctx.backbone.parameters() if p.requires_grad]
     outputs = [terms[k] for k in TERMS]
     # PCGrad weighs each term as the loss does, times any scale Lightning put on it (16-mixed)
     scales = torch.autograd.grad(loss, outputs, retain_graph=True) if project else None
     g_ssl, g_ce = term_gradients(outputs, shared, scales)
-    if module.world_size > 1:  # (not pcgrad, refused there) the global batch's, as DDP's all-reduce makes them
-        g_ssl, g_ce = (module.trainer.strategy.reduce(g, reduce_op="mean") for g in (g_ssl, g_ce))
+    if ctx.world_size > 1:  # (not pcgrad, refused there) the global batch's, as DDP's all-reduce makes them
+        g_ssl, g_ce = (ctx.reduce_mean(g) for g in (g_ssl, g_ce))
     similarity = cosine(g_ssl, g_ce).detach() if want_cosine else None
     if not project:
         return False, similarity
-    in_backbone = {id(p) for p in module.backbone.parameters()}
-    loss.backward(inputs=[p for p in module.trainable_parameters() if p.requires_grad and id(p) not in in_backbone])
+    loss.backward(inputs=heads)  # the trained parameters outside the backbone
     add_gradient(shared, pcgrad(g_ssl, g_ce))
     return True, similarity
 

@@ -110,3 +110,17 @@ class LossTrack:
         start = float(self.sums["first"]) / self.counts["first"] if self.counts["first"] else None
         return {"start": start, "end": float(self.sums["last"]) / self.counts["last"],
                 "window": window(self.total), "steps": self.total, "settle": self.settle}
+
+
+def stage_progress(module: Any) -> dict[str, Any] | None:
+    """A stage's SSL term at its start and end, with what the no-learning check needs to judge it;
+    None for a stage without one."""
+    summary = module.ssl_track.summary() if module.ssl is not None else None
+    if summary is None:
+        return None
+    batch = module.global_batch  # the batch whose other images are the negatives (SimCLR gathers them)
+    settings = module.optimizer_settings()
+    optim = module.cfg.optim
+    section = next((f"optim.{name}" for name in ("ssl", "supervised") if getattr(optim, name) is settings), "optim")
+    return {"objective": module.ssl.name, **summary, "floor": module.ssl.floor, "chance": module.ssl.chance(batch),
+            "optimizer": f"{section} ({settings.name}, lr {settings.lr:g})"}

@@ -20,11 +20,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from fkt.data import image_side
 from fkt.data.base import ImageSet, is_image_name, walk_files
 from fkt.data.module import ResizedImages, default_workers
 from fkt.data.scan import scan_images
 from fkt.errors import UserError
-from fkt.evaluate import load_checkpoint, predict
+from fkt.evaluate import predict
+from fkt.hardware import resolve_device
+from fkt.methods import load_module
 from fkt.io import atomic_write_text
 
 ALL_READ, SOME_SKIPPED = 0, 1
@@ -53,26 +56,14 @@ def expand_paths(paths: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
     return list(found), missing
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: not a device (cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU on this machine")
-    return device
-
-
 def classify(checkpoint: Path, files: list[Path], batch_size: int, device: torch.device, progress: bool,
              trust: bool = False) -> tuple[list[str], torch.Tensor]:
     """Class names and softmax probabilities (N, classes) for readable image files."""
-    module = load_checkpoint(checkpoint, trust)
+    module = load_module(checkpoint, trust)
     classes = module.hparams.classes or [str(i) for i in range(module.classifier.out_features)]
     if not module.trains_classifier:
         print(f"[fkt] {checkpoint}: an SSL pretraining stage; its classifier was never trained", file=sys.stderr)
-    images = ResizedImages(ImageSet(targets=np.zeros(len(files)), files=files), module.cfg.data.image_size)
+    images = ResizedImages(ImageSet(targets=np.zeros(len(files)), files=files), image_side(module.cfg))
     loader = DataLoader(images, batch_size=batch_size, num_workers=default_workers(False))
     if progress:
         from tqdm import tqdm

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from fkt.compute import passes_per_step
 from fkt.config import Config, build_config, deep_merge, set_dotted
 from fkt.engine import check_method, train
 from fkt.errors import UserError
-from fkt.io import RunLock, atomic_write, atomic_write_json, is_rank_zero
+from fkt.io import RunLock, atomic_write_json, is_rank_zero
 from fkt.report.axes import axes_label, axes_of, frozen, path_safe
 from fkt.report.embedding import embedding_plot
 from fkt.report.figures import grid_figures
@@ -26,23 +28,25 @@ from fkt.report.gradcam import cam_from_checkpoints, column_name, load_columns
 from fkt.report.page import write_report
 from fkt.report.tables import arm_of, write_results
 from fkt.report.verdicts import verdicts_markdown
+from fkt.rundir import RunDir
 
 # Fields that cannot change what a representational cell's SSL stage learns, so cells of one grid
 # that differ only in them share one pretraining: the label budget and the labelled batch (the SSL
 # stage reads every training image and no label; with another budget it sees the same images in
 # another order), what only fine-tuning or the functional arm reads (epochs, finetune mode, classifier
 # input, cross-entropy weight and its fusion, their optimizers), what is measured after training (evaluate), and the
-# cell's bookkeeping (arm, out, grid). Names that a config does not have are skipped.
+# cell's bookkeeping (arm, out, grid). tests/test_grid_fields.py checks both lists against the fields each
+# stage reads, so a new field cannot be forgotten here.
 SSL_IGNORED_FIELDS = ("data.labels_per_class", "data.labelled_fraction", "data.labelled_batch_size",
                       "trainer.epochs", "method.finetune", "method.lambda_ce", "method.classifier_input",
-                      "method.fusion", "method.lambda_start", "method.ramp_epochs",
+                      "method.fusion", "method.lambda_start", "method.ramp_epochs", "method.grad_cosine",
                       "optim.supervised", "optim.functional", "evaluate", "arm", "out", "grid")
 # Fields supervised training never reads: cells that differ only in them train the same network.
 SUPERVISED_IGNORED_FIELDS = ("method.ssl", "method.fusion", "method.lambda_ce", "method.lambda_start",
-                             "method.ramp_epochs", "method.temperature", "optim.ssl", "optim.functional",
-                             "model.proj_hidden_dim", "model.proj_output_dim", "trainer.pretrain_epochs",
-                             "out", "grid")
-PRETRAIN_CHECKPOINT = Path("checkpoints") / "pretrain" / "last.ckpt"
+                             "method.ramp_epochs", "method.temperature", "method.grad_cosine", "optim.ssl",
+                             "optim.functional", "model.proj_hidden_dim", "model.proj_output_dim",
+                             "trainer.pretrain_epochs", "out", "grid")
+PRETRAIN = "pretrain"  # the representational arm's SSL stage (fkt.methods.stages)
 SHARED_MARKER = "shared_pretraining.json"  # in a run directory whose SSL stage came from another cell
 COPY_MARKER = "copy_of.json"  # in a run directory copied from an identical earlier cell
 
@@ -55,12 +59,6 @@ class Cell(NamedTuple):
     axes: dict[str, Any]
 
 
-def passes_per_image(config: Config) -> int:
-    """Backbone passes one functional epoch costs per image: two views, plus the classifier's own input
-    (the image or its weak view; none where it reuses the first SSL view)."""
-    return 2 if config.method.classifier_input == "view" else 3
-
-
 def run_name(dataset: str, axes: dict[str, Any], arm: str, seed: int) -> str:
     """`fashion-mnist-labels_per_class=10-functional-seed0`; without axes the name grids always had."""
     parts = [dataset, path_safe(axes_label(axes, "-")) if axes else "", arm, f"seed{seed}"]
@@ -70,8 +68,9 @@ def run_name(dataset: str, axes: dict[str, Any], arm: str, seed: int) -> str:
 def cell_config(config: Config, dataset: str, arm: str, seed: int, out: Path,
                 axes: dict[str, Any] | None = None) -> Config:
     """The config of one cell: the preset, its dataset's and its arm's overrides, then its axis values
-    (what the grid varies has the last word), except supervised-matched's epochs: those of the functional
-    cell with the same axis values, times that cell's passes per image, so compute matches per axis value."""
+    (what the grid varies has the last word), except supervised-matched's epochs (and with few labels the
+    representational ones): those that give it the image passes of the functional cell with the same
+    axis values, so compute matches per axis value."""
     axes = axes or {}
     data = deep_merge(config.to_dict(), {"data": {"dataset": dataset}})
     data = deep_merge(data, config.grid.per_dataset.get(dataset, {}))
@@ -89,17 +88,19 @@ def cell_config(config: Config, dataset: str, arm: str, seed: int, out: Path,
 
 
 def matched_epochs(functional: Config, arm: str) -> dict[str, int]:
-    """The epochs that give `arm` the functional cell's image passes. With every image labelled, an epoch
-    of each arm has the same steps, so supervised-matched trains passes_per_image times as many. With few
-    labels, every arm's epoch is one pass over the pool (FKTDataModule.train_loader): a functional step
-    costs 2 pool views and a labelled batch, so representational pretrains and fine-tunes as many epochs,
-    and supervised-matched takes (2 x batch + labelled batch) / labelled batch times as many (rounded)."""
-    if not functional.data.few_labels:
-        return {"epochs": functional.trainer.epochs * passes_per_image(functional)}
-    epochs, cfg = functional.trainer.epochs, functional.data
+    """The epochs that give `arm` the functional cell's image passes, from the passes one step of each
+    stage makes (counted on a probe step, `fkt.compute.passes_per_step`). Every arm's epoch has the same
+    number of steps: a pass over the training images with every image labelled, a pass over the pool
+    with few labels (FKTDataModule.train_loader). So supervised-matched trains functional epochs x
+    (functional passes a step / supervised passes a step), rounded; with few labels representational
+    pretrains as many epochs as functional trains and fine-tunes for the passes left."""
+    epochs = functional.trainer.epochs
+    joint = passes_per_step(functional, "functional")
+    labelled = passes_per_step(functional, "supervised")
     if arm == "representational":
-        return {"pretrain_epochs": epochs, "epochs": epochs}
-    return {"epochs": max(1, round(epochs * (2 * cfg.batch_size + cfg.labelled_batch) / cfg.labelled_batch))}
+        ssl = passes_per_step(functional, "pretrain")
+        return {"pretrain_epochs": epochs, "epochs": max(1, round(epochs * (joint - ssl) / labelled))}
+    return {"epochs": max(1, round(epochs * joint / labelled))}
 
 
 def axis_points(config: Config) -> list[dict[str, Any]]:
@@ -161,28 +162,45 @@ def copy_sources(plan: list[Cell]) -> dict[Path, Path]:
     return earlier_twins(plan, "supervised", SUPERVISED_IGNORED_FIELDS)
 
 
+def link_or_copy(source: str, target: str) -> None:
+    """A hard link where the file system allows one, else a copy. Safe because fkt never writes a
+    file in place: every write goes to a temp file that is renamed over the old name, which breaks
+    the link instead of changing the other cell's file."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def copy_run(run_dir: Path, source: Path) -> None:
     """`source`'s finished run directory as `run_dir` (checkpoints, logs, metrics), marked as a copy;
-    whole or not at all (a partial copy from an interrupted grid is replaced)."""
+    whole or not at all (a partial copy from an interrupted grid is replaced). Files are hard links
+    where the file system allows."""
     partial = run_dir.with_name(run_dir.name + ".copying")
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial, ignore=shutil.ignore_patterns("*.lock", COPY_MARKER))
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns("*.lock", COPY_MARKER),
+                    copy_function=link_or_copy)
     atomic_write_json(partial / COPY_MARKER, {"from": source.name})
     shutil.rmtree(run_dir, ignore_errors=True)
     partial.rename(run_dir)
 
 
 def share_pretraining(run_dir: Path, source: Path) -> bool:
-    """Copy `source`'s SSL stage into `run_dir` before that cell trains: the engine then finds a finished
+    """Give `run_dir` `source`'s SSL stage before that cell trains: the engine then finds a finished
     stage and loads it instead of training it again (its passes and seconds come with it). Never over a
-    stage the cell has of its own. Every DDP rank copies (atomically), so none can miss it."""
-    target = run_dir / PRETRAIN_CHECKPOINT
-    if target.exists() or (run_dir / "metrics.json").exists() or not (source / PRETRAIN_CHECKPOINT).is_file():
+    stage the cell has of its own. A hard link where the file system allows (else a copy), made under a
+    temp name and renamed, so every DDP rank can do it and none sees half a file."""
+    here, there = RunDir(run_dir), RunDir(source)
+    target, original = here.last(PRETRAIN), there.last(PRETRAIN)
+    if target.exists() or here.metrics.exists() or not original.is_file():
         return False
     if is_rank_zero():  # first, so that a cell holding a shared stage always says so
         atomic_write_json(run_dir / SHARED_MARKER, {"from": source.name})
-    with open(source / PRETRAIN_CHECKPOINT, "rb") as original:
-        atomic_write(target, lambda handle: shutil.copyfileobj(original, handle), mode="wb")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    partial.unlink(missing_ok=True)
+    link_or_copy(str(original), str(partial))
+    os.replace(partial, target)
     return True
 
 
@@ -195,7 +213,7 @@ def annotated(run: dict, cell: Cell) -> dict:
     if copied.exists():
         run["copy_of"] = json.loads(copied.read_text())["from"]
     marker = Path(cell.config.out) / SHARED_MARKER
-    if marker.exists() and (Path(cell.config.out) / PRETRAIN_CHECKPOINT).exists():
+    if marker.exists() and RunDir(cell.config.out).last(PRETRAIN).exists():
         run["shared_pretraining"] = json.loads(marker.read_text())["from"]
     return run
 
@@ -208,7 +226,7 @@ def run_grid(config: Config, out: Path) -> str:
         sources, copies = pretraining_sources(plan), copy_sources(plan)
         for cell in plan:
             run_dir = Path(cell.config.out)
-            if not (run_dir / "metrics.json").exists() and run_dir not in copies:  # rank 0 copies those
+            if not RunDir(run_dir).metrics.exists() and run_dir not in copies:  # rank 0 copies those
                 if run_dir in sources:
                     share_pretraining(run_dir, sources[run_dir])
                 train(cell.config)
@@ -234,7 +252,7 @@ def run_cell(cell: Cell, source: Path | None, twin: Path | None = None) -> dict:
     else trained (on `source`'s SSL stage where there is one); metrics.json then also records the
     cell's axis values."""
     run_dir = Path(cell.config.out)
-    metrics_file = run_dir / "metrics.json"
+    metrics_file = RunDir(run_dir).metrics
     if metrics_file.exists():
         print(f"[fkt] {run_dir}: done already, skipped", flush=True)
         return annotated(json.loads(metrics_file.read_text()), cell)
@@ -273,10 +291,10 @@ def cam_checkpoints(runs: list[tuple[dict, Path]]) -> list[Path]:
     by_arm = {arm_of(run): run_dir for run, run_dir in runs if run["seed"] == seed}
     columns = []
     if "representational" in by_arm:
-        columns.append(by_arm["representational"] / "checkpoints" / "pretrain" / "last.ckpt")
+        columns.append(RunDir(by_arm["representational"]).last(PRETRAIN))
     for arm in ("representational", "functional", "supervised", "supervised-matched"):
         if arm in by_arm:
-            columns.append(by_arm[arm] / "checkpoints" / "best.ckpt")
+            columns.append(RunDir(by_arm[arm]).best)
     return [c for c in columns if c.exists()]
 
 

@@ -36,10 +36,16 @@ def dataset_info(name: str) -> DatasetInfo:
         raise UserError(f"--dataset {name}: unknown dataset; choose from {', '.join(DATASETS)}") from None
 
 
+def image_side(config) -> int:
+    """The side images are resized to: `data.image_size`, else the dataset's own default. The one
+    place that default is applied (a resolved run config already holds it)."""
+    return config.data.image_size or dataset_info(config.data.dataset).image_size
+
+
 def load_dataset(name: str, root: Path | None) -> DataBundle:
     if root is not None and not Path(root).exists():
         raise UserError(f"--data-root {root}: no such folder")
     return dataset_info(name).load(Path(root) if root is not None else None)
 
 
-__all__ = ["DATASETS", "DataBundle", "ImageSet", "dataset_info", "load_dataset"]
+__all__ = ["DATASETS", "DataBundle", "ImageSet", "dataset_info", "image_side", "load_dataset"]

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, default_collate
 
 from fkt.config import Config
-from fkt.data import dataset_info, load_dataset
+from fkt.data import image_side, load_dataset
 from fkt.data.base import DataBundle, ImageSet, resized_rgb, unlabelled_folder
 from fkt.data.cache import CachedPixels, cache_bundle, cache_folder
 from fkt.data.sampler import EpochSampler, JointBatchSampler, ResumableLoader
@@ -117,7 +117,7 @@ class FKTDataModule(pl.LightningDataModule):
 
     @property
     def image_size(self) -> int:
-        return self.config.data.image_size or dataset_info(self.config.data.dataset).image_size
+        return image_side(self.config)
 
     @property
     def classes(self) -> list[str]:

@@ -8,6 +8,10 @@ Small images (<= 64 px, CIFAR-like) follow the SimCLR paper's CIFAR recipe: colo
 strength 0.5 and no blur; larger ones get strength 1.0 and a blur whose kernel is 10% of
 the image side. The classifier's clean input is the same image, normalised like the views;
 its weak view (`classifier_input: weak`) a flipped and shifted copy.
+
+Every random draw takes the caller's `generator` (the training step's own, see `fkt.step`), so a
+view depends on its step's seed and on nothing else drawn before it; without one, torch's global
+generator.
 """
 
 from __future__ import annotations
@@ -63,21 +67,23 @@ class SimCLRViews(nn.Module):
         self.normalize = Normalize()
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.crop_flip(to_float(images))
-        x = self.color_jitter(x)
-        x = self.grayscale(x)
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        g = generator
+        x = self.crop_flip(to_float(images), g)
+        x = self.color_jitter(x, g)
+        x = self.grayscale(x, g)
         if self.blur_kernel is not None:
-            x = self.blur(x)
+            x = self.blur(x, g)
         return self.normalize(x)
 
-    def crop_flip(self, x: torch.Tensor, tries: int = 10) -> torch.Tensor:
+    def crop_flip(self, x: torch.Tensor, g: torch.Generator | None = None, tries: int = 10) -> torch.Tensor:
         """RandomResizedCrop (torchvision's sampling: 10 tries, else the whole image) and a
         horizontal flip, as one affine resampling."""
         n, _, height, width = x.shape
         dev = x.device
-        area = height * width * torch.empty(n, tries, device=dev).uniform_(*self.scale)
-        ratio = torch.empty(n, tries, device=dev).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1])).exp_()
+        area = height * width * torch.empty(n, tries, device=dev).uniform_(*self.scale, generator=g)
+        ratio = torch.empty(n, tries, device=dev).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]),
+                                                           generator=g).exp_()
         w = torch.sqrt(area * ratio).round()
         h = torch.sqrt(area / ratio).round()
         fits = (w >= 1) & (w <= width) & (h >= 1) & (h <= height)
@@ -85,9 +91,9 @@ class SimCLRViews(nn.Module):
         found = fits.any(dim=1)
         w = torch.where(found, w.gather(1, first).squeeze(1), float(width))
         h = torch.where(found, h.gather(1, first).squeeze(1), float(height))
-        left = torch.floor(torch.rand(n, device=dev) * (width - w + 1))
-        top = torch.floor(torch.rand(n, device=dev) * (height - h + 1))
-        flip = torch.where(torch.rand(n, device=dev) < self.p_flip, -1.0, 1.0)
+        left = torch.floor(torch.rand(n, device=dev, generator=g) * (width - w + 1))
+        top = torch.floor(torch.rand(n, device=dev, generator=g) * (height - h + 1))
+        flip = torch.where(torch.rand(n, device=dev, generator=g) < self.p_flip, -1.0, 1.0)
         theta = torch.zeros(n, 2, 3, device=dev)  # output [-1, 1] -> input [-1, 1], pixel edges (align_corners=False)
         theta[:, 0, 0] = flip * w / width
         theta[:, 0, 2] = (2 * left + w) / width - 1
@@ -96,15 +102,15 @@ class SimCLRViews(nn.Module):
         grid = F.affine_grid(theta, [n, x.shape[1], self.size, self.size], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    def color_jitter(self, x: torch.Tensor) -> torch.Tensor:
+    def color_jitter(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         """ColorJitter with probability p_jitter: per-image factors, the four steps in a random order
         (one order for the batch, as torchvision and kornia do); images it skips get neutral factors."""
         n, dev = x.shape[0], x.device
         b, c, s, hue = self.jitter
-        on = torch.rand(n, device=dev) < self.p_jitter
+        on = torch.rand(n, device=dev, generator=g) < self.p_jitter
 
         def factor(lo: float, hi: float, neutral: float) -> torch.Tensor:
-            return torch.where(on, torch.empty(n, device=dev).uniform_(lo, hi), neutral)
+            return torch.where(on, torch.empty(n, device=dev).uniform_(lo, hi, generator=g), neutral)
 
         steps = [
             lambda y: KE.adjust_brightness_accumulative(y, factor(max(0.0, 1 - b), 1 + b, 1.0)),
@@ -112,20 +118,21 @@ class SimCLRViews(nn.Module):
             lambda y: KE.adjust_saturation_with_gray_subtraction(y, factor(max(0.0, 1 - s), 1 + s, 1.0)),
             lambda y: KE.adjust_hue(y, factor(-hue, hue, 0.0) * 2 * math.pi),
         ]
-        for i in torch.randperm(4).tolist():
+        order = torch.randperm(4, generator=g, device=g.device) if g is not None else torch.randperm(4)
+        for i in order.tolist():
             x = steps[i](x)
         return x.clamp_(0, 1)
 
-    def grayscale(self, x: torch.Tensor) -> torch.Tensor:
+    def grayscale(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         gray = KC.rgb_to_grayscale(x).expand_as(x)
-        chosen = (torch.rand(x.shape[0], device=x.device) < self.p_gray).view(-1, 1, 1, 1)
+        chosen = (torch.rand(x.shape[0], device=x.device, generator=g) < self.p_gray).view(-1, 1, 1, 1)
         return torch.where(chosen, gray, x)
 
-    def blur(self, x: torch.Tensor) -> torch.Tensor:
+    def blur(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         n = x.shape[0]
-        sigma = torch.empty(n, 1, device=x.device).uniform_(*self.blur_sigma).expand(n, 2)
+        sigma = torch.empty(n, 1, device=x.device).uniform_(*self.blur_sigma, generator=g).expand(n, 2)
         blurred = KF.gaussian_blur2d(x, (self.blur_kernel, self.blur_kernel), sigma)
-        chosen = (torch.rand(n, device=x.device) < self.p_blur).view(-1, 1, 1, 1)
+        chosen = (torch.rand(n, device=x.device, generator=g) < self.p_blur).view(-1, 1, 1, 1)
         return torch.where(chosen, blurred, x)
 
 
@@ -140,14 +147,15 @@ class WeakView(nn.Module):
         self.normalize = Normalize()
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = to_float(images)
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x, g = to_float(images), generator
         n, _, height, width = x.shape
         dev = x.device
-        flip = torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0)
+        flip = torch.where(torch.rand(n, device=dev, generator=g) < 0.5, -1.0, 1.0)
         # whole pixels, so that a shifted image stays as sharp as the original
-        dx = torch.randint(-int(self.shift * width), int(self.shift * width) + 1, (n,), device=dev) * 2 / width
-        dy = torch.randint(-int(self.shift * height), int(self.shift * height) + 1, (n,), device=dev) * 2 / height
+        sx, sy = int(self.shift * width), int(self.shift * height)
+        dx = torch.randint(-sx, sx + 1, (n,), device=dev, generator=g) * 2 / width
+        dy = torch.randint(-sy, sy + 1, (n,), device=dev, generator=g) * 2 / height
         theta = torch.zeros(n, 2, 3, device=dev)
         theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = flip, dx, 1.0, dy
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)

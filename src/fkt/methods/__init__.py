@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from fkt.checkpointing import read_checkpoint
 from fkt.config import Config
+from fkt.errors import UserError
 from fkt.methods.base import Method
 from fkt.methods.functional import Functional
 from fkt.methods.representational import Pretrain
@@ -37,4 +40,20 @@ def stages(config: Config) -> list[Stage]:
     ]
 
 
-__all__ = ["MODULES", "Method", "Stage", "stages", "Supervised", "Pretrain", "Functional"]
+def load_module(path: Path, trust: bool = False) -> Method:
+    """Any fkt checkpoint -> its method module, on the CPU, in eval mode: the one way fkt loads a
+    checkpoint for use (evaluation, prediction, export, Grad-CAM, a finished stage). Read as data
+    unless `trust`; Lightning's `load_from_checkpoint` builds and fills the module."""
+    path = Path(path)
+    checkpoint = read_checkpoint(path, trust, lazy=True)  # refuses what is not data, in one line
+    info = checkpoint.get("fkt")
+    name = info.get("module") if isinstance(info, dict) else None
+    if name not in MODULES or "hyper_parameters" not in checkpoint:
+        raise UserError(f"--checkpoint {path}: not an fkt checkpoint")
+    config = dict(checkpoint["hyper_parameters"]["config"])
+    config["model"] = {**config["model"], "pretrained_weights": None}  # the weights are in the checkpoint
+    module = MODULES[name].load_from_checkpoint(path, map_location="cpu", weights_only=not trust, config=config)
+    return module.eval()
+
+
+__all__ = ["MODULES", "load_module", "Method", "Stage", "stages", "Supervised", "Pretrain", "Functional"]

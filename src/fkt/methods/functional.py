@@ -28,14 +28,16 @@ class Functional(Method):
     def loss_weights(self):
         return {"ce": self.cfg.method.lambda_ce}
 
-    def losses(self, images, targets, pool=None):
-        # `pool`: where some training images are unlabelled, the SSL term's own batch of every image
-        ssl, view_features = self.ssl_term(images, targets) if pool is None else self.ssl_term(pool)
-        return {"ssl": ssl, "ce": self.ce_term(images, targets, view_features if pool is None else None)}
+    def losses(self, ctx, batch):
+        *pool, images, targets = batch
+        if pool:  # some training images are unlabelled: the SSL term's own batch of every image
+            return {"ssl": self.ssl(ctx, pool[0])[0], "ce": self.ce_term(ctx, images, targets)}
+        ssl, view_features = self.ssl(ctx, images, targets)
+        return {"ssl": ssl, "ce": self.ce_term(ctx, images, targets, view_features)}
 
     def combine(self, terms):
         self._terms = terms  # backward takes them apart again
-        epoch = self.epochs_done
+        epoch = self.context.epoch
         if self.log_step:
             weights = self.fusion.weights(epoch)
             self.log_dict({f"fusion/weight_{k}": float(weights[k]) for k in TERMS}, on_step=True, on_epoch=False)
@@ -48,7 +50,9 @@ class Functional(Method):
         done = False
         cosine = self.log_step and self.cfg.method.grad_cosine
         if self.fusion.projects or cosine:
-            done, self._grad_cosine = split_backward(self, loss, terms, cosine)
+            in_backbone = {id(p) for p in self.backbone.parameters()}
+            heads = [p for p in self.trainable_parameters() if p.requires_grad and id(p) not in in_backbone]
+            done, self._grad_cosine = split_backward(self.fusion, self.context, loss, terms, heads, cosine)
         if not done:
             super().backward(loss, *args, **kwargs)
 
@@ -61,11 +65,6 @@ class Functional(Method):
     def log_step(self) -> bool:
         """A step Lightning writes logs on (it tests its batches-stepped count + 1, the global step + 1 here)."""
         return self._trainer is not None and (self.global_step + 1) % self.trainer.log_every_n_steps == 0
-
-    @property
-    def epochs_done(self) -> float:
-        """Fractional epochs: the global step over the steps an epoch, so a resumed run sees the same value."""
-        return self.global_step / max(1, self.trainer.num_training_batches) if self._trainer is not None else 0.0
 
     def trainable(self):
         return [self.backbone, *self.ssl.trainable(), self.classifier, self.fusion]

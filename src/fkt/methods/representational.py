@@ -17,8 +17,9 @@ class Pretrain(Method):
     trains_classifier = False
     train_data = "pool"  # every training image, labelled or not; the labels are not used (but by supcon)
 
-    def losses(self, images, targets, pool=None):
-        return {"ssl": self.ssl_term(images, targets)[0]}
+    def losses(self, ctx, batch):
+        images, targets = batch
+        return {"ssl": self.ssl(ctx, images, targets)[0]}
 
     def trainable(self):
         return [self.backbone, *self.ssl.trainable()]

@@ -8,8 +8,9 @@ from fkt.methods.base import Method
 class Supervised(Method):
     name = "supervised"
 
-    def losses(self, images, targets, pool=None):
-        return {"ce": self.ce_term(images, targets)}
+    def losses(self, ctx, batch):
+        images, targets = batch
+        return {"ce": self.ce_term(ctx, images, targets)}
 
     def trainable(self):
         return [self.classifier] if self.freeze_backbone else [self.backbone, self.classifier]

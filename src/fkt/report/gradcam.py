@@ -98,31 +98,34 @@ def column_name(module) -> str:
     return "SSL-pretrained" if not module.trains_classifier else (module.cfg.arm or module.cfg.method.name)
 
 
-def load_columns(checkpoints: list[Path], dataset: str | None, data_root: Path | None, trust: bool = False):
+def load_columns(checkpoints: list[Path], dataset: str | None, data_root: Path | None, trust: bool = False,
+                 skip_bad_images: bool = False):
     """The checkpoints' modules and the test data they share (checked: same dataset and size)."""
-    from fkt.engine import checkpoint_data
+    from fkt.data import image_side
     from fkt.errors import UserError
-    from fkt.evaluate import load_checkpoint
+    from fkt.evaluate import checkpoint_data
+    from fkt.methods import load_module
 
-    modules = [load_checkpoint(c, trust) for c in checkpoints]
-    size = modules[0].cfg.data.image_size
+    modules = [load_module(c, trust) for c in checkpoints]
+    size = image_side(modules[0].cfg)
     for checkpoint, module in zip(checkpoints, modules):
         if dataset is not None and module.cfg.data.dataset != dataset:
             raise UserError(f"--checkpoint {checkpoint}: trained on {module.cfg.data.dataset}, not {dataset}")
-        if module.cfg.data.image_size != size:
-            raise UserError(f"--checkpoint {checkpoint}: image size {module.cfg.data.image_size} differs from "
+        if image_side(module.cfg) != size:
+            raise UserError(f"--checkpoint {checkpoint}: image size {image_side(module.cfg)} differs from "
                             f"{size} of the first checkpoint")
-    return modules, checkpoint_data(modules[0], checkpoints[0], data_root)
+    return modules, checkpoint_data(modules[0], checkpoints[0], data_root, skip_bad_images)
 
 
 def cam_from_checkpoints(checkpoints: list[Path], dataset: str | None, data_root: Path | None,
-                         count: int, path: Path, loaded=None, trust: bool = False) -> Path:
+                         count: int, path: Path, loaded=None, trust: bool = False,
+                         skip_bad_images: bool = False) -> Path:
     """`fkt cam`: a grid of the same `count` test images through every checkpoint."""
     from fkt.errors import UserError
 
     if count < 1:
         raise UserError(f"--images {count}: must be at least 1")
-    modules, data = loaded or load_columns(checkpoints, dataset, data_root, trust)
+    modules, data = loaded or load_columns(checkpoints, dataset, data_root, trust, skip_bad_images)
     images, targets = pick_images(data.sets["test"], count)
     cam_grid(modules, [column_name(m) for m in modules], modules[0].normalize(images), targets, data.classes,
              Path(path))

@@ -42,6 +42,8 @@ def flat_row(run: dict) -> dict:
         row["corruption_accuracy"] = run["corruptions"]["mean_accuracy"]
         row.update({f"corrupted_{name}": v for name, v in run["corruptions"]["per_corruption"].items()})
     row.update({k: run["compute"][k] for k in ("epochs", "image_passes", "train_seconds")})
+    # forward+backward FLOPs of every training step, in all and per loss term (runs from before fkt counted them: none)
+    row.update({"flops" if term == "total" else f"flops_{term}": v for term, v in run["compute"].get("flops", {}).items()})
     if "warnings" in run:  # SSL stages that did not learn (their lines are in results.md)
         row["warnings"] = len(run["warnings"])
     return row
@@ -95,7 +97,7 @@ def results_table(runs: list[dict]) -> str:
     head += ["QWK %"] if ordinal else []
     extra = [(key, column) for key, column, _ in EXTRA if any(key in r for rows in groups.values() for r in rows)]
     head += [column for _, column in extra]
-    head += ["epochs", "image passes", "train s"]
+    head += ["epochs", "image passes", "TFLOPs", "train s"]
     head += ["paper accuracy %"] if any(paper.values()) else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (dataset, axes, arm), rows in groups.items():
@@ -105,6 +107,7 @@ def results_table(runs: list[dict]) -> str:
             cells.append(mean_std([r["qwk"] for r in rows]) if "qwk" in rows[0] else "")
         cells += [mean_std([r[key] for r in rows]) if all(key in r for r in rows) else "" for key, _ in extra]
         cells += [str(rows[0]["epochs"]), f"{rows[0]['image_passes']:,}",
+                  f"{rows[0]['flops'] / 1e12:.3g}" if "flops" in rows[0] else "",
                   f"{statistics.fmean(r['train_seconds'] for r in rows):.0f}"]
         if any(paper.values()):
             figures = paper[(dataset, axes, arm)].get("accuracy")
@@ -193,6 +196,27 @@ def copies_note(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+MATCH_TOLERANCE = 0.05  # planned epochs are whole numbers: a few per cent apart is the rounding, not a mismatch
+
+
+def unmatched_note(runs: list[dict]) -> str:
+    """Matched cells (supervised-matched, representational) whose image passes are more than MATCH_TOLERANCE
+    from the functional cell's of the same dataset, axis values and seed. The grid plans the matched arms from the configured batches; a run that had to cap
+    a batch to its data (a note in its data_notes) trains other batches, so its arms can drift apart."""
+    functional = {(r["dataset"], frozen(axes_of(r)), r["seed"]): r["compute"]["image_passes"]
+                  for r in runs if arm_of(r) == "functional"}
+    drifted = []
+    for run in runs:
+        base = functional.get((run["dataset"], frozen(axes_of(run)), run["seed"]))
+        mine = run["compute"]["image_passes"]
+        if arm_of(run) in ("supervised-matched", "representational") and base and abs(mine - base) > MATCH_TOLERANCE * base:
+            drifted.append(f"- {run_label(run)}: {mine:,} image passes against the functional cell's {base:,}")
+    if not drifted:
+        return ""
+    return "\n".join(["", "Not compute-matched (more than 5% apart from the functional cell; see each run's "
+                       "data_notes for a batch capped to the data):", "", *drifted]) + "\n"
+
+
 def run_label(run: dict) -> str:
     axes = ", ".join(f"{k}={axis_text(v)}" for k, v in axes_of(run).items())
     return ", ".join(part for part in (run["dataset"], axes, arm_of(run), f"seed {run['seed']}") if part)
@@ -219,7 +243,7 @@ def write_results(out: Path, runs: list[dict]) -> str:
     writer.writerows(rows)
     atomic_write_text(Path(out) / "results.csv", buffer.getvalue())
     markdown = "## Test metrics (mean ± std over seeds)\n\n" + results_table(runs) + warnings_note(runs)
-    markdown += shared_pretraining_note(runs) + copies_note(runs)
+    markdown += shared_pretraining_note(runs) + copies_note(runs) + unmatched_note(runs)
     corrupted = corruption_table(runs)
     if corrupted:
         markdown += "\n## Accuracy under common corruptions (mean over 5 severities)\n\n" + corrupted

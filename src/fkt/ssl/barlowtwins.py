@@ -24,6 +24,6 @@ class BarlowTwins(Objective):
         # the cross-correlation averaged over ranks: the matrix of the global batch
         self.loss = BarlowTwinsLoss(self.lambda_offdiag, gather_distributed=world_size > 1)
 
-    def forward(self, method, images, targets=None):
-        h1, h2 = self.two_views(method, images)
+    def forward(self, ctx, images, targets=None):
+        h1, h2 = self.two_views(ctx, images)
         return self.loss(self.projector(h1), self.projector(h2)), h1

@@ -1,16 +1,15 @@
 """What every self-supervised objective is to the shared module: one small part.
 
 An objective owns its heads, its loss and, where it has one, its momentum teacher. The
-method hands it a batch and itself (for the views and the counted backbone passes) and
-gets back the loss and the first view's student features, which the cross-entropy may
-reuse. Nothing about an objective lives in the methods.
+method hands it the step's context (`fkt.step.StepContext`: views, counted backbone and
+teacher passes, the step) and a batch, and gets back the loss and the first view's student
+features, which the cross-entropy may reuse. Nothing about an objective lives in the methods,
+and an objective sees nothing of the method.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
-
 import torch
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
@@ -18,9 +17,7 @@ from torch import nn
 
 from fkt.config import Config
 from fkt.errors import UserError
-
-if TYPE_CHECKING:
-    from fkt.methods.base import Method
+from fkt.step import StepContext
 
 
 def keep_in_checkpoints(module: nn.Module, *buffers: str) -> nn.Module:
@@ -55,19 +52,19 @@ class Objective(nn.Module):
         (which is the papers' 8192-wide Barlow Twins/VICReg projector and BYOL's 4096 hidden layer)."""
         return max(1, round(width * self.feat_dim / 512))
 
-    def forward(self, method: "Method", images: torch.Tensor,
+    def forward(self, ctx: StepContext, images: torch.Tensor,
                 targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, the first view's backbone features) for a batch of raw images."""
         raise NotImplementedError
 
-    def two_views(self, method: "Method", images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def two_views(self, ctx: StepContext, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features of two random views of each image, counted as SSL passes."""
-        return self.encoded_views(method, images)[2:]
+        return self.encoded_views(ctx, images)[2:]
 
-    def encoded_views(self, method: "Method", images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def encoded_views(self, ctx: StepContext, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The two views themselves (for a teacher) and their student features (v1, v2, h1, h2)."""
-        v1, v2 = method.views(images), method.views(images)
-        return v1, v2, method.encode(v1, "ssl"), method.encode(v2, "ssl")
+        v1, v2 = ctx.view(images), ctx.view(images)
+        return v1, v2, ctx.encode(v1, "ssl"), ctx.encode(v2, "ssl")
 
     def trainable(self) -> list[nn.Module]:
         """The parts the optimizer updates: every child but the teacher."""
@@ -117,18 +114,18 @@ class MomentumObjective(Objective):
     def copy_head(self, name: str) -> nn.Module:
         return copy.deepcopy(getattr(self, name))
 
-    def teacher(self, method: "Method", views: torch.Tensor, head: str = "projector") -> torch.Tensor:
+    def teacher(self, ctx: StepContext, views: torch.Tensor, head: str = "projector") -> torch.Tensor:
         with torch.no_grad():
-            return self.teacher_heads[head](method.teacher_encode(self.teacher_backbone, views))
+            return self.teacher_heads[head](ctx.teacher_encode(self.teacher_backbone, views))
 
     def momentum(self, step: int, total_steps: int) -> float:
         return cosine_schedule(step, max(1, total_steps), self.momentum_start, 1.0)
 
-    def follow(self, method: "Method") -> None:
+    def follow(self, ctx: StepContext) -> None:
         """teacher <- m * teacher + (1 - m) * student, m from the schedule at this step."""
         if not self.training:
             return
-        m = self.momentum(method.global_step, method.total_steps or 1)  # None when a test calls it by hand
-        update_momentum(method.backbone, self.teacher_backbone, m)
+        m = self.momentum(ctx.step, ctx.total_steps or 1)  # None outside a Trainer (a test's step by hand)
+        update_momentum(ctx.backbone, self.teacher_backbone, m)
         for name in self.teacher_of:
             update_momentum(getattr(self, name), self.teacher_heads[name], m)

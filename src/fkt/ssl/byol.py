@@ -23,9 +23,9 @@ class BYOL(MomentumObjective):
         self.loss = NegativeCosineSimilarity()
         self.make_teacher(backbone)
 
-    def forward(self, method, images, targets=None):
-        self.follow(method)
-        v1, v2, h1, h2 = self.encoded_views(method, images)
+    def forward(self, ctx, images, targets=None):
+        self.follow(ctx)
+        v1, v2, h1, h2 = self.encoded_views(ctx, images)
         p1, p2 = self.predictor(self.projector(h1)), self.predictor(self.projector(h2))
-        z1, z2 = self.teacher(method, v1), self.teacher(method, v2)
+        z1, z2 = self.teacher(ctx, v1), self.teacher(ctx, v2)
         return 0.5 * (self.loss(p1, z2) + self.loss(p2, z1)), h1

@@ -51,11 +51,11 @@ class DINO(MomentumObjective):
         head.load_state_dict(getattr(self, name).state_dict())
         return head
 
-    def forward(self, method, images, targets=None):
-        self.follow(method)
-        v1, v2, h1, h2 = self.encoded_views(method, images)
+    def forward(self, ctx, images, targets=None):
+        self.follow(ctx)
+        v1, v2, h1, h2 = self.encoded_views(ctx, images)
         student = [self.projector(h1), self.projector(h2)]
-        teacher = [self.teacher(method, v1), self.teacher(method, v2)]
+        teacher = [self.teacher(ctx, v1), self.teacher(ctx, v2)]
         return self.loss(teacher, student), h1  # each student view against the other's teacher
 
     def chance(self, batch_size):

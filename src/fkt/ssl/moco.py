@@ -37,11 +37,11 @@ class MoCo(MomentumObjective):
     def distributed(self, world_size):
         self.loss.memory_bank.gather_distributed = world_size > 1  # not rebuilt: the queue stays
 
-    def forward(self, method, images, targets=None):
-        self.follow(method)
-        v1, v2 = method.views(images), method.views(images)
-        h1 = method.encode(v1, "ssl")
-        return self.loss(self.projector(h1), self.teacher(method, v2)), h1
+    def forward(self, ctx, images, targets=None):
+        self.follow(ctx)
+        v1, v2 = ctx.view(images), ctx.view(images)
+        h1 = ctx.encode(v1, "ssl")
+        return self.loss(self.projector(h1), self.teacher(ctx, v2)), h1
 
     def chance(self, batch_size):
         return math.log(self.queue + 1)  # uniform over the positive and the queued negatives

@@ -33,8 +33,8 @@ class NNCLR(Objective):
         self.loss = NTXentLoss(self.temperature, gather_distributed=world_size > 1)
         self.bank.gather_distributed = world_size > 1
 
-    def forward(self, method, images, targets=None):
-        h1, h2 = self.two_views(method, images)
+    def forward(self, ctx, images, targets=None):
+        h1, h2 = self.two_views(ctx, images)
         z1, z2 = self.projector(h1), self.projector(h2)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         n1 = self.bank(z1.detach(), update=False)

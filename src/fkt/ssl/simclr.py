@@ -23,8 +23,8 @@ class SimCLR(Objective):
         # negatives from every rank's batch, as SimCLR's large-batch results assume
         self.loss = contrastive_loss(self.config.method.temperature, world_size)
 
-    def forward(self, method, images, targets=None):
-        h1, h2 = self.two_views(method, images)
+    def forward(self, ctx, images, targets=None):
+        h1, h2 = self.two_views(ctx, images)
         return self.loss(self.projector(h1), self.projector(h2)), h1
 
     def chance(self, batch_size):

@@ -21,8 +21,8 @@ class SimSiam(Objective):
         self.predictor = SimSiamPredictionHead(out, self.scaled(64), out)
         self.loss = NegativeCosineSimilarity()
 
-    def forward(self, method, images, targets=None):
-        h1, h2 = self.two_views(method, images)
+    def forward(self, ctx, images, targets=None):
+        h1, h2 = self.two_views(ctx, images)
         z1, z2 = self.projector(h1), self.projector(h2)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         return 0.5 * (self.loss(p1, z2.detach()) + self.loss(p2, z1.detach())), h1

@@ -55,10 +55,10 @@ class SupCon(Objective):
     def distributed(self, world_size):
         self.gather = world_size > 1
 
-    def forward(self, method, images, targets=None):
+    def forward(self, ctx, images, targets=None):
         if targets is None:
             raise RuntimeError("supcon: the method passed no labels for the SSL batch")
-        h1, h2 = self.two_views(method, images)
+        h1, h2 = self.two_views(ctx, images)
         z = torch.cat([self.projector(h1), self.projector(h2)])
         return supcon_loss(z, targets.repeat(2), self.temperature, self.gather), h1
 

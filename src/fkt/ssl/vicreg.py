@@ -23,6 +23,6 @@ class VICReg(Objective):
         # variance and covariance over the global batch (the invariance term is per image anyway)
         self.loss = VICRegLoss(gather_distributed=world_size > 1)
 
-    def forward(self, method, images, targets=None):
-        h1, h2 = self.two_views(method, images)
+    def forward(self, ctx, images, targets=None):
+        h1, h2 = self.two_views(ctx, images)
         return self.loss(self.projector(h1), self.projector(h2)), h1
