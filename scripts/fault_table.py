@@ -91,8 +91,12 @@ ROWS: list[tuple[str, str, str, list[str]]] = [
       "test_faults.py::test_run_mistakes_are_one_line_and_write_nothing[zero lr]",
       "test_faults.py::test_run_mistakes_are_one_line_and_write_nothing[negative epochs]",
       "test_faults.py::test_run_mistakes_are_one_line_and_write_nothing[zero batch]"]),
-    ("Config and CLI", "Batch size larger than the dataset", "one line with both numbers; nothing written",
-     ["test_faults.py::test_run_mistakes_are_one_line_and_write_nothing[batch beyond data]"]),
+    ("Config and CLI", "Batch size larger than the training images, a labelled batch larger than the labelled set",
+     "capped to the set, with one note (in metrics.json's data_notes; config.yaml says what ran); batches that "
+     "fit are untouched; a capped batch under 2 images: one line naming the flag, nothing written",
+     ["test_own_data.py::test_a_pool_batch_larger_than_the_pool_is_capped_and_fitting_batches_are_not_touched",
+      "test_own_data.py::test_the_no_preset_command_fits_a_300_image_folder",
+      "test_own_data.py::test_a_capped_batch_under_two_images_is_refused_in_one_line"]),
     ("Config and CLI", "`--devices` beyond what exists, an unknown accelerator",
      "one line naming the flag and what the machine has; nothing written",
      ["test_faults.py::test_run_mistakes_are_one_line_and_write_nothing[devices beyond]",
@@ -131,7 +135,7 @@ ROWS: list[tuple[str, str, str, list[str]]] = [
      ["test_safety.py::test_written_files_follow_the_umask",
       "test_safety.py::test_a_run_directory_is_readable_by_colleagues"]),
     ("Few labels", "More labels per class than a class has, a labelled fraction outside (0, 1] or beside "
-     "labels per class, a labelled batch larger than the labelled set",
+     "labels per class",
      "one line naming the flag and the numbers, exit 2, nothing written",
      ["test_few_labels.py::test_bad_label_budgets_are_one_line_and_write_nothing"]),
     ("Few labels", "`--unlabelled-root` missing or without images", "one line naming the folder, exit 2, nothing written",
@@ -204,8 +208,9 @@ def main() -> int:
         "and rerun ends with the same metrics.json (apart from wall-clock seconds and the `resumed` flags) "
         "and the same weights, bit for bit. The checkpoint holds the model, optimizer, scheduler, Lightning's "
         "loop counters, the data loader's epoch and position (the order is a pure function of seed and "
-        "epoch, `fkt.data.sampler`) and the RNG states; each step's augmentations are drawn from a seed of "
-        "(seed, method, step, rank), so they do not depend on what ran before in the process. Not "
+        "epoch, `fkt.data.sampler`) and the RNG states; each step's augmentations are drawn from the step's own "
+        "generator, seeded from (seed, method, step, rank) (`fkt.step`), so they do not depend on anything "
+        "else drawn before them. Not "
         "identical: `train_seconds`; log rows for steps trained after the last checkpoint and before the "
         "kill appear twice in `logs/*/metrics.csv`. On GPUs, cuDNN's non-deterministic kernels make two "
         "uninterrupted runs differ already unless `trainer.deterministic: true`.",
