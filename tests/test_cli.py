@@ -33,6 +33,7 @@ def fkt(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["frobnicate"], ["frobnicate"]),
     ],
 )
+@pytest.mark.no_training  # each is refused before training
 def test_user_mistakes_get_one_clear_line(tmp_path, fkt_cli, args, needles):
     args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
     one_error_line(fkt_cli(*args, cwd=tmp_path), *needles)
@@ -62,6 +63,7 @@ def test_train_then_evaluate_from_the_command_line(make_dataset, tmp_path):
     out = tmp_path / "run"
     result = fkt("train", "--method", "functional", "--dataset", "imagefolder", "--data-root", str(data.root),
                  "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--accelerator", "cpu",
+                 "--backbone", "resnet-tiny",  # a subprocess: the suite's default does not reach it
                  "--set", "data.val_fraction=0.25", "--no-progress", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "test accuracy" in result.stdout

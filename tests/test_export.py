@@ -97,7 +97,8 @@ def test_export_writes_the_model_and_model_json(exported, run):
     assert (info["method"], info["arm"], info["module"]) == ("representational", "representational", module.name)
     assert info["classifier_trained"] is True
     assert info["method_config"] == module.cfg.method.model_dump(mode="json")
-    assert (info["dataset"], info["backbone"]) == ("fashion-mnist", "resnet18")
+    assert (info["dataset"], info["backbone"]) == ("fashion-mnist", module.cfg.model.backbone) == (
+        "fashion-mnist", "resnet-tiny")  # the suite's default (tests/conftest.py), as the run's config says
     assert info["run_metrics"]["this_checkpoint"] is True
     assert info["run_metrics"]["test"]["accuracy"] == metrics["test"]["accuracy"]
     assert "per_class" not in info["run_metrics"]["test"] and "confusion_matrix" not in info["run_metrics"]["test"]

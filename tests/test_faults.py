@@ -30,9 +30,10 @@ WALL_CLOCK = {"train_seconds", "resumed"}
 
 
 def fkt_command(data_root: Path, out: Path, *extra: str) -> list[str]:
+    """`fkt train` in a subprocess, which does not see the suite's default backbone: it names resnet-tiny."""
     return [sys.executable, "-m", "fkt", "train", "--method", "functional", "--dataset", "fashion-mnist",
             "--data-root", str(data_root), "--image-size", "16", "--batch-size", "8", "--epochs", "3",
-            "--accelerator", "cpu", "--num-workers", "0", "--no-progress",
+            "--backbone", "resnet-tiny", "--accelerator", "cpu", "--num-workers", "0", "--no-progress",
             "--set", "data.val_fraction=0.2", "--set", "model.proj_hidden_dim=64", "--out", str(out), *extra]
 
 
@@ -282,6 +283,7 @@ def finished_run(fmnist, tmp_path_factory):
     (["--resume"], ["--resume", "no checkpoint"]),
 ], ids=["negative lr", "zero lr", "negative epochs", "zero batch", "batch beyond data", "devices beyond",
         "unknown accelerator", "resume nothing"])
+@pytest.mark.no_training  # each is refused before training
 def test_run_mistakes_are_one_line_and_write_nothing(fmnist, tmp_path, fkt_cli, flags, needles):
     out = tmp_path / "run"
     one_error_line(fkt_cli(*fkt_command(fmnist.root, out, *flags)[3:]), *needles, code=2)

@@ -70,13 +70,32 @@ def test_cam_refuses_bad_input(trained, tmp_path, capsys):
     assert main(["cam", "--checkpoint", best, "--images", "0", "--out", str(tmp_path / "x.png")]) == 2
 
 
-def test_cam_layer_keeps_a_spatial_map():
+@pytest.mark.parametrize("name", ["resnet18", "resnet-tiny"])  # the same strides, so the same layers
+def test_cam_layer_keeps_a_spatial_map(name):
     from fkt.models import build_backbone
     from fkt.report.gradcam import cam_layer
 
-    imagenet, _ = build_backbone("resnet18", "imagenet")
-    small, _ = build_backbone("resnet18", "small")
+    imagenet, _ = build_backbone(name, "imagenet")
+    small, _ = build_backbone(name, "small")
     x32 = torch.zeros(1, 3, 32, 32)
     assert cam_layer(imagenet.eval(), x32) is imagenet.layer2  # 8, 4, 2, 1 pixels a side
     assert cam_layer(small.eval(), x32) is small.layer4  # 32, 16, 8, 4
     assert cam_layer(imagenet.eval(), torch.zeros(1, 3, 224, 224)) is imagenet.layer4  # 7x7
+
+
+@pytest.mark.resnet18
+def test_cam_maps_on_resnet18s_layer4():
+    """The real backbone once: at 32 px with the small stem, Grad-CAM reads ResNet-18's layer4 (4x4, 512
+    channels) of a classifier, untrained here, and gives one normalised map an image."""
+    from fkt.methods import Supervised
+    from fkt.report.gradcam import cam_layer
+
+    torch.manual_seed(0)
+    config = build_config({"data": {"image_size": 32}, "model": {"stem": "small"}})
+    module = Supervised(config=config.to_dict(), num_classes=3)
+    assert module.cfg.model.backbone == "resnet18"
+    images = module.normalize(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert cam_layer(module.backbone.eval(), images) is module.backbone.layer4
+    maps, preds = cam_maps(module, images)
+    assert maps.shape == (2, 32, 32) and preds.shape == (2,)
+    assert maps.min() >= 0 and maps.flatten(1).max(dim=1).values.tolist() == pytest.approx([1.0, 1.0], abs=1e-5)

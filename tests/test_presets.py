@@ -40,6 +40,7 @@ def test_a_yaml_path_is_the_users_own_file(tmp_path, suffix):
     assert resolve(find_preset(str(own)), {}, []).seed == 7
 
 
+@pytest.mark.no_training  # refused before training
 def test_unknown_names_and_missing_files_are_refused_in_one_line(tmp_path, fkt_cli):
     unknown = "--preset nope: unknown preset; known: " + ", ".join(preset_names())
     with pytest.raises(UserError, match=f"^{re.escape(unknown)}$"):

@@ -73,11 +73,13 @@ def data_module(folder) -> FKTDataModule:
     return data
 
 
-def test_features_come_in_order_with_their_labels(folder):
+@pytest.mark.parametrize("size", [128, pytest.param(512, marks=pytest.mark.resnet18)],
+                         ids=["resnet-tiny", "resnet18"])
+def test_features_come_in_order_with_their_labels(folder, size):
     data = data_module(folder)
     module = Supervised(config=data.config.to_dict(), num_classes=3)
     x, y = backbone_features(module, data.loader("test"))
-    assert x.shape == (12, 512) and x.dtype == torch.float32
+    assert x.shape == (12, size) and x.dtype == torch.float32  # the backbone's own feature size
     assert y.tolist() == folder.test_labels
     single = module.features(module.normalize(data.sets["test"][7][0][None]))
     assert torch.allclose(x[7], single[0], atol=1e-5)

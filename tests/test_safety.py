@@ -119,6 +119,7 @@ def config_keys(model=Config, prefix: str = "") -> list[str]:
     return keys
 
 
+@pytest.mark.no_training  # each is refused before training
 def test_random_set_values_are_each_one_clear_line(tmp_path, fkt_cli):
     """60 random `--set key=value` over every config key and odd values (malformed YAML, wrong types,
     out of range, unicode): each ends in one line and exit 2, never a traceback. A missing data root
@@ -137,6 +138,7 @@ def test_random_set_values_are_each_one_clear_line(tmp_path, fkt_cli):
 @pytest.mark.parametrize("item, needle", [("data.batch_size=[1", "not valid YAML"),
                                           ("optim.schedule='x' * 3", "not valid YAML"),
                                           ("=3", "no key")])
+@pytest.mark.no_training  # refused before training
 def test_malformed_set_values_name_the_item(tmp_path, fkt_cli, item, needle):
     one_error_line(fkt_cli("train", "--set", item, "--out", str(tmp_path / "run")), f"--set {item}", needle, code=2)
 

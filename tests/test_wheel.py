@@ -101,7 +101,8 @@ def test_the_installed_commands_run_from_another_folder(fresh, elsewhere):
 def test_a_preset_run_then_predict_from_the_installed_wheel(fresh, elsewhere):
     data = make_fashion_mnist(elsewhere / "fm", train_per_class=6, test_per_class=2)
     run(fresh / "fkt", "train", "--preset", "quick", "--method", "supervised", "--data-root", data.root,
-        "--limit-train", "40", "--batch-size", "8", "--set", "data.val_fraction=0.2", "--set", "evaluate.probes=[]",
+        "--backbone", "resnet-tiny", "--limit-train", "40", "--batch-size", "8", "--set", "data.val_fraction=0.2",
+        "--set", "evaluate.probes=[]",
         "--no-progress", "--out", "run", cwd=elsewhere)
     assert json.loads((elsewhere / "run" / "metrics.json").read_text())["method"] == "supervised"
     images = elsewhere / "images"
