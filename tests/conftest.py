@@ -827,8 +827,9 @@ def _refuse(what: str) -> None:
     item = _CURRENT[-1] if _CURRENT else None
     if item is None or item.get_closest_marker("slow"):
         return
-    message = (f"{item.nodeid} {what} but is not marked slow: mark it @pytest.mark.slow (the static rule in "
-               "tests/conftest.py missed it; teach it this pattern if you can), so that `make test-fast` trains nothing")
+    message = (f"{item.nodeid} {what} but is not marked slow: mark it @pytest.mark.slow (the static rule "
+               "in tests/conftest.py missed it; teach it this pattern if you can), so that `make test-fast` "
+               "trains nothing")
     item.stash.setdefault(_VIOLATIONS, []).append(message)
     pytest.fail(message, pytrace=False)
 
@@ -891,7 +892,8 @@ def isolate_home(config) -> Path:
     home = config._tmp_path_factory.mktemp("home", numbered=False)  # the factory exists by now (trylast)
     folders = {"HOME": home, "XDG_CACHE_HOME": home / ".cache", "XDG_CONFIG_HOME": home / ".config",
                "MPLCONFIGDIR": home / ".config" / "matplotlib", "TMPDIR": home / "tmp",
-               "TORCHINDUCTOR_CACHE_DIR": home / ".cache" / "torchinductor", "TRITON_CACHE_DIR": home / ".cache" / "triton"}
+               "TORCHINDUCTOR_CACHE_DIR": home / ".cache" / "torchinductor",
+               "TRITON_CACHE_DIR": home / ".cache" / "triton"}
     for name, folder in folders.items():
         folder.mkdir(parents=True, exist_ok=True)
         _ENVIRONMENT.setenv(name, str(folder))

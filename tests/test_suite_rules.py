@@ -182,7 +182,8 @@ def test_the_rule_marks_every_training_test_slow_and_the_guard_fails_the_rest(py
                  "test_refused_before_training"):
         result.stdout.fnmatch_lines([f"PASSED test_probe.py::{name}"])
     for name in ("test_sneaks_past_the_rule", "test_sneaks_past_the_rule_and_swallows_the_guard"):
-        result.stdout.fnmatch_lines([f"test_probe.py::{name} calls pytorch_lightning.Trainer.fit but is not marked slow*"])
+        result.stdout.fnmatch_lines([f"test_probe.py::{name} calls pytorch_lightning.Trainer.fit but is not "
+                                     "marked slow*"])
         result.stdout.fnmatch_lines([f"FAILED test_probe.py::{name} - *"])
 
 
