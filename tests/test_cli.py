@@ -40,14 +40,17 @@ def test_user_mistakes_get_one_clear_line(tmp_path, fkt_cli, args, needles):
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
-def test_the_entry_point_gives_one_line_too(tmp_path):
-    """The real `python -m fkt`, in a subprocess: a user mistake is one line and exit 2."""
+def test_the_entry_point_gives_one_line_too():
+    """The real `python -m fkt`, in a subprocess: a mistake argparse finds is one line and exit 2."""
+    one_error_line(fkt("frobnicate"), "frobnicate", code=2)
+
+
+@pytest.mark.slow  # it trains nothing, but its interpreter imports Lightning: seconds
+def test_the_entry_point_gives_one_line_for_a_user_error(tmp_path):
+    """The real `python -m fkt`, in a subprocess: a mistake fkt finds (its UserError) is one line and exit 2."""
     bad = tmp_path / "model.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
-    result = fkt("evaluate", "--checkpoint", str(bad))
-    assert result.returncode == 2
-    one_error_line(result, str(bad), "checkpoint")
-    one_error_line(fkt("frobnicate"), "frobnicate")
+    one_error_line(fkt("evaluate", "--checkpoint", str(bad)), str(bad), "checkpoint", code=2)
 
 
 def test_datasets_lists_every_layout(fkt_cli):
@@ -57,18 +60,17 @@ def test_datasets_lists_every_layout(fkt_cli):
         assert name in result.stdout
 
 
-@pytest.mark.slow
-def test_train_then_evaluate_from_the_command_line(make_dataset, tmp_path):
+def test_train_then_evaluate_from_the_command_line(make_dataset, tmp_path, fkt_cli):
+    """In this process (the entry point itself is the two tests above): evaluate agrees with train."""
     data = make_dataset("imagefolder", num_classes=3, train_per_class=8, test_per_class=3)
     out = tmp_path / "run"
-    result = fkt("train", "--method", "functional", "--dataset", "imagefolder", "--data-root", str(data.root),
-                 "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--accelerator", "cpu",
-                 "--backbone", "resnet-tiny",  # a subprocess: the suite's default does not reach it
-                 "--set", "data.val_fraction=0.25", "--no-progress", "--out", str(out))
+    result = fkt_cli("train", "--method", "functional", "--dataset", "imagefolder", "--data-root", str(data.root),
+                     "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--accelerator", "cpu",
+                     "--set", "data.val_fraction=0.25", "--no-progress", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "test accuracy" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    evaluated = fkt("evaluate", "--checkpoint", str(out / "checkpoints" / "best.ckpt"), "--out", str(tmp_path))
+    evaluated = fkt_cli("evaluate", "--checkpoint", str(out / "checkpoints" / "best.ckpt"), "--out", str(tmp_path))
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert json.loads(evaluated.stdout)["test"]["accuracy"] == metrics["test"]["accuracy"]
     assert json.loads((tmp_path / "eval.json").read_text())["test"]["f1_macro"] == metrics["test"]["f1_macro"]

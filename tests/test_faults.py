@@ -1,7 +1,9 @@
 """fkt under faults: kills, Ctrl-C, full disks, NaN losses, two runs on one folder.
 
 The kill tests drive a real `fkt train` subprocess and compare the resumed result with an
-uninterrupted run of the same command: on CPU with a fixed seed they must be identical.
+uninterrupted run of the same command: on CPU with a fixed seed they must be identical. The other
+runs go through `fkt.cli.main` in this process: a subprocess costs an interpreter and Lightning's
+import (seconds) each.
 """
 
 from __future__ import annotations
@@ -132,18 +134,16 @@ def test_ctrl_c_saves_a_checkpoint_exits_cleanly_and_resumes_exactly(fmnist, uni
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_with_the_step_and_term_and_keeps_the_last_good_checkpoint(fmnist, tmp_path):
+def test_nan_loss_stops_with_the_step_and_term_and_keeps_the_last_good_checkpoint(fmnist, tmp_path, fkt_cli):
     out = tmp_path / "nan"
-    first = subprocess.run(fkt_command(fmnist.root, out, "--epochs", "1"), capture_output=True, text=True,
-                           timeout=600)
+    first = fkt_cli(*fkt_command(fmnist.root, out, "--epochs", "1")[3:])
     assert first.returncode == 0, first.stderr[-3000:]
     (out / "metrics.json").unlink()
     last = out / "checkpoints" / "last.ckpt"
     before = hashlib.sha256(last.read_bytes()).hexdigest()
 
     # Resume for more epochs with an absurd weight on the cross-entropy: the weights blow up, the loss follows.
-    blown = subprocess.run(fkt_command(fmnist.root, out, "--epochs", "3", "--lambda", "1e30"),
-                           capture_output=True, text=True, timeout=600)
+    blown = fkt_cli(*fkt_command(fmnist.root, out, "--epochs", "3", "--lambda", "1e30")[3:])
     assert blown.returncode == 3
     line = blown.stderr.strip().splitlines()[-1]
     assert line.startswith("fkt: error: training stopped:") and "Traceback" not in blown.stderr
@@ -154,10 +154,11 @@ def test_nan_loss_stops_with_the_step_and_term_and_keeps_the_last_good_checkpoin
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_a_second_run_on_the_same_out_is_refused(fmnist, tmp_path):
+@pytest.mark.no_training  # refused before training
+def test_a_second_run_on_the_same_out_is_refused(fmnist, tmp_path, fkt_cli):
     out = tmp_path / "busy"
-    with RunLock(out):
-        result = subprocess.run(fkt_command(fmnist.root, out), capture_output=True, text=True, timeout=600)
+    with RunLock(out):  # flock: a second open of the lock file conflicts, in this process too
+        result = fkt_cli(*fkt_command(fmnist.root, out)[3:])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "in use by another fkt run" in lines[0] and str(out) in lines[0]
@@ -265,10 +266,10 @@ def test_a_full_disk_during_a_run_is_one_line_and_keeps_the_checkpoints(fmnist, 
 @pytest.fixture(scope="module")
 def finished_run(fmnist, tmp_path_factory):
     """A finished one-epoch supervised run, to point later commands at."""
+    from fkt import cli
+
     out = tmp_path_factory.mktemp("finished") / "run"
-    result = subprocess.run(fkt_command(fmnist.root, out, "--epochs", "1", "--method", "supervised"),
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert cli.main(fkt_command(fmnist.root, out, "--epochs", "1", "--method", "supervised")[3:]) == 0
     return out
 
 
