@@ -57,6 +57,8 @@ import contextlib
 import csv
 import functools
 import gzip
+import importlib.abc
+import importlib.util
 import inspect
 import os
 import pickle
@@ -64,6 +66,7 @@ import shlex
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import textwrap
 import types
@@ -857,17 +860,53 @@ def _subprocess_trains(args) -> str | None:
     return None
 
 
-def _install_guard() -> list:
-    import subprocess as subprocess_module
-
-    import pytorch_lightning as pl
-
-    real_fit, real_popen = pl.Trainer.fit, subprocess_module.Popen.__init__
+def _guard_fit(lightning) -> None:
+    """Trainer.fit refuses in a test not marked slow."""
+    real_fit = lightning.Trainer.fit
 
     @functools.wraps(real_fit)
     def fit(self, *args, **kwargs):
         _refuse("calls pytorch_lightning.Trainer.fit")
         return real_fit(self, *args, **kwargs)
+
+    lightning.Trainer.fit = fit
+    _RESTORE.append((lightning.Trainer, "fit", real_fit))
+
+
+class _WhenImported(importlib.abc.MetaPathFinder):
+    """Runs `then(module)` as soon as the module `name` is imported (at once if it already is), so a
+    session that never imports Lightning does not pay for its import (seconds)."""
+
+    def __init__(self, name: str, then: Callable) -> None:
+        self.name, self.then = name, then
+        if name in sys.modules:
+            then(sys.modules[name])
+        else:
+            sys.meta_path.insert(0, self)
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # the real finders find it; this one only wraps its loader
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            load = spec.loader.exec_module
+
+            def exec_module(module) -> None:
+                load(module)
+                self.then(module)
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+    def remove(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
+def _install_guard() -> None:
+    """The guard: on Trainer.fit (from Lightning's import on) and on every subprocess start."""
+    real_popen = subprocess.Popen.__init__
 
     @functools.wraps(real_popen)
     def popen(self, args, *rest, **kwargs):
@@ -877,8 +916,9 @@ def _install_guard() -> list:
             _refuse(why)
         return real_popen(self, args, *rest, **kwargs)
 
-    pl.Trainer.fit, subprocess_module.Popen.__init__ = fit, popen
-    return [(pl.Trainer, "fit", real_fit), (subprocess_module.Popen, "__init__", real_popen)]
+    subprocess.Popen.__init__ = popen
+    _RESTORE.append((subprocess.Popen, "__init__", real_popen))
+    _RESTORE.append(_WhenImported("pytorch_lightning", _guard_fit))
 
 
 _RESTORE: list = []
@@ -905,13 +945,17 @@ def isolate_home(config) -> Path:
 def pytest_configure(config) -> None:
     isolate_home(config)
     _Backbone.install()
-    _RESTORE.extend(_install_guard())
+    _install_guard()
 
 
 def pytest_unconfigure(config) -> None:
     while _RESTORE:
-        owner, name, value = _RESTORE.pop()
-        setattr(owner, name, value)
+        undo = _RESTORE.pop()
+        if isinstance(undo, _WhenImported):
+            undo.remove()
+        else:
+            owner, name, value = undo
+            setattr(owner, name, value)
     _Backbone.uninstall()
     _ENVIRONMENT.undo()
 
