@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 try:
     __version__ = version("fkt")
 except PackageNotFoundError:  # a source tree on PYTHONPATH (the GPU machine), not installed
-    __version__ = "0.1.0+source"
+    __version__ = "0.2.0+source"
 
 # name -> the module that defines it
 _API = {"Config": "fkt.config", "train": "fkt.api", "evaluate": "fkt.api"}
