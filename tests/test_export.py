@@ -21,8 +21,8 @@ from PIL import Image
 from fkt import cli, export
 from fkt.data.base import ImageSet
 from fkt.data.module import ResizedImages
-from fkt.engine import checkpoint_data
-from fkt.evaluate import load_checkpoint, predict
+from fkt.evaluate import checkpoint_data, predict
+from fkt.methods import load_module
 
 FORMATS = ["torchscript", "onnx"]
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # deprecated, but it is the format
@@ -87,7 +87,7 @@ def test_export_writes_the_model_and_model_json(exported, run):
     assert sorted(p.name for p in out.iterdir()) == sorted([model_file(fmt, out).name, "model.json"])
     info = json.loads((out / "model.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
-    module = load_checkpoint(run / "checkpoints" / "best.ckpt")
+    module = load_module(run / "checkpoints" / "best.ckpt")
     assert info["format"] == fmt and info["file"] == model_file(fmt, out).name
     assert info["input"]["dtype"] == "uint8" and info["input"]["layout"] == "NCHW"
     assert info["input"]["size"] == info["image_size"] == module.cfg.data.image_size == 32
@@ -111,7 +111,7 @@ def test_export_writes_the_model_and_model_json(exported, run):
 def test_exported_model_gives_the_checkpoints_logits_at_any_batch_size(exported, run):
     fmt, out, _ = exported
     checkpoint = run / "checkpoints" / "best.ckpt"
-    module = load_checkpoint(checkpoint)
+    module = load_module(checkpoint)
     images, labels = next(iter(checkpoint_data(module, checkpoint).loader("test")))
     reference, _ = predict(module, [(images, labels)])
     model = load_exported(fmt, out)
@@ -162,7 +162,7 @@ print(json.dumps({"files": [str(p) for p in files], "logits": logits.tolist(),
 def test_exported_model_runs_without_fkt_and_agrees_with_predict(exported, run, tmp_path, fkt_cli):
     fmt, out, _ = exported
     checkpoint = run / "checkpoints" / "best.ckpt"
-    module = load_checkpoint(checkpoint)
+    module = load_module(checkpoint)
     files = write_images(tmp_path / "images", checkpoint_data(module, checkpoint).bundle.test.pixels)
     script = tmp_path / "classify.py"
     script.write_text(CHILD)

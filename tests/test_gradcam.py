@@ -9,7 +9,7 @@ from PIL import Image
 from fkt.cli import main
 from fkt.config import build_config
 from fkt.engine import train
-from fkt.evaluate import load_checkpoint
+from fkt.methods import load_module
 from fkt.report.gradcam import cam_maps
 
 
@@ -53,12 +53,12 @@ def test_cam_grid_has_a_column_per_checkpoint_plus_the_image(trained, tmp_path):
 
 
 def test_cam_maps_are_normalised_heat_maps_on_grayscale_input(trained):
-    module = load_checkpoint(trained["functional"] / "checkpoints" / "best.ckpt")
+    module = load_module(trained["functional"] / "checkpoints" / "best.ckpt")
     gray = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8).expand(-1, 3, -1, -1)
     maps, preds = cam_maps(module, module.normalize(gray))
     assert maps.shape == (3, 32, 32) and preds.shape == (3,)
     assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
-    ssl = load_checkpoint(trained["representational"] / "checkpoints" / "pretrain" / "last.ckpt")
+    ssl = load_module(trained["representational"] / "checkpoints" / "pretrain" / "last.ckpt")
     maps, preds = cam_maps(ssl, ssl.normalize(gray))
     assert preds is None and maps.shape == (3, 32, 32)
 

@@ -14,8 +14,8 @@ from conftest import make_cifar10, make_imagefolder, one_error_line, write_bad_i
 from PIL import Image
 
 from fkt import cli
-from fkt.engine import checkpoint_data
-from fkt.evaluate import load_checkpoint, predict
+from fkt.evaluate import checkpoint_data, predict
+from fkt.methods import load_module
 
 
 def train(data: Path, dataset: str, method: str, out: Path, *extra: str) -> Path:
@@ -40,7 +40,7 @@ def read_csv(text: str) -> list[dict]:
 
 def evaluated_classes(checkpoint: Path) -> tuple[list[str], torch.Tensor, list[Path]]:
     """What evaluation predicts for the checkpoint's test split: classes, probabilities, files."""
-    module = load_checkpoint(checkpoint)
+    module = load_module(checkpoint)
     data = checkpoint_data(module, checkpoint)
     logits, _ = predict(module, data.loader("test"))
     return [data.classes[i] for i in logits.argmax(1)], logits.softmax(1), data.sets["test"].images.files
@@ -153,7 +153,7 @@ def test_predict_export_and_probes_on_every_layout(make_dataset, tmp_path, fkt_c
                        "--set", "data.val_fraction=0.25")
     classes, _, files = evaluated_classes(checkpoint)
     if files is None:  # an in-memory layout: its test images written out as files
-        module = load_checkpoint(checkpoint)
+        module = load_module(checkpoint)
         files = []
         for i, (image, _) in enumerate(checkpoint_data(module, checkpoint).sets["test"]):
             files.append(tmp_path / "images" / f"{i:03d}.png")

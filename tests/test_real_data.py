@@ -8,7 +8,8 @@ import pytest
 
 from fkt.config import build_config
 from fkt.data.fashion_mnist import locate
-from fkt.engine import evaluate_checkpoint, train
+from fkt.engine import train
+from fkt.evaluate import evaluate_checkpoint
 
 pytestmark = [
     pytest.mark.slow,
