@@ -104,3 +104,14 @@ def test_evaluate_and_cam_pass_skip_bad_images_on(fkt_cli, monkeypatch, tmp_path
         result = fkt_cli(command, "--checkpoint", str(tmp_path / "best.ckpt"), *extra, *flags)
         assert result.returncode == 0, result.stderr
         assert calls[-1]["skip_bad_images"] is expected
+
+
+def test_help_never_breaks_a_preset_name_across_lines(monkeypatch, capsys):
+    from fkt.cli import main
+    from fkt.presets import preset_names
+
+    monkeypatch.setenv("COLUMNS", "60")  # narrow: every line wraps
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--help"])
+    words = capsys.readouterr().out.replace(",", " ").replace(".", " ").split()
+    assert all(name in words for name in preset_names())
