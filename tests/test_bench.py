@@ -224,7 +224,8 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     env = {**os.environ, "DEVICE": "cpu", "PRECISION": "32-true", "METHODS": "functional-clean",
            "BATCH": "8", "SIZE": "16", "STEPS": "1", "WARMUP": "1", "REPEATS": "1",
            "TRAIN_PER_CLASS": "4", "TEST_PER_CLASS": "2", "TRAIN_BATCH": "8", "TRAIN_EPOCHS": "1",
-           "COMPILE_METHODS": "", "CACHE_JPEGS": "24", "CACHE_BACKBONE": "resnet18", "CACHE_SIZE": "16",
+           "COMPILE_METHODS": "", "CACHE_JPEGS": "24", "CACHE_BACKBONE": "resnet-tiny", "CACHE_SIZE": "16",
+           "BACKBONE": "resnet-tiny",
            "CACHE_BATCH": "4", "PYTHON": sys.executable}
     out = tmp_path / "check"
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(out)], env=env, cwd=tmp_path,
