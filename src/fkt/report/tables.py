@@ -87,6 +87,12 @@ def axis_cells(axes: tuple, keys: list[str]) -> list[str]:
     return [axis_text(values[key]) if key in values else "" for key in keys]
 
 
+def tflops(flops: float) -> str:
+    """TFLOPs with two decimals (three significant digits below one: the test suite's tiny runs)."""
+    value = flops / 1e12
+    return f"{value:.2f}" if value >= 1 else f"{value:.3g}"
+
+
 def results_table(runs: list[dict]) -> str:
     """One row per (dataset, axis values, arm): test metrics as mean ± std over seeds, compute, and the
     paper's figures."""
@@ -107,7 +113,7 @@ def results_table(runs: list[dict]) -> str:
             cells.append(mean_std([r["qwk"] for r in rows]) if "qwk" in rows[0] else "")
         cells += [mean_std([r[key] for r in rows]) if all(key in r for r in rows) else "" for key, _ in extra]
         cells += [str(rows[0]["epochs"]), f"{rows[0]['image_passes']:,}",
-                  f"{rows[0]['flops'] / 1e12:.3g}" if "flops" in rows[0] else "",
+                  tflops(rows[0]["flops"]) if "flops" in rows[0] else "",
                   f"{statistics.fmean(r['train_seconds'] for r in rows):.0f}"]
         if any(paper.values()):
             figures = paper[(dataset, axes, arm)].get("accuracy")
