@@ -11,13 +11,14 @@ rm -rf "$TMPBASE"
 git clone -q "$REPO" "$WORK/clone"
 cd "$WORK/clone"
 echo "commit $(git log --oneline -1); $(lscpu | sed -n 's/^Model name: *//p'); $(nproc) cores; $(date -u +%FT%TZ)"
-peak=0
-( while true; do s=$(du -sk "$TMPBASE" 2>/dev/null | cut -f1); echo "${s:-0}"; sleep 2; done ) > "$WORK/disk.txt" &
+( set +e; while true; do s=$(du -sk "$TMPBASE" 2>/dev/null | cut -f1); echo "${s:-0}"; sleep 2; done ) \
+  > "$WORK/disk.txt" &
 SAMPLER=$!
+trap 'kill $SAMPLER 2>/dev/null || true' EXIT
 start=$SECONDS
-bash .ci/run > "$WORK/ci.log" 2>&1 || { echo "make test failed: see $WORK/ci.log"; kill $SAMPLER; exit 1; }
+bash .ci/run > "$WORK/ci.log" 2>&1 || { echo "make test failed: see $WORK/ci.log"; exit 1; }
 echo "make test (fresh clone, set-up included): $((SECONDS - start)) s; $(grep -E '[0-9]+ passed' "$WORK/ci.log" | tail -1)"
-kill $SAMPLER
+kill $SAMPLER 2>/dev/null || true
 peak=$(sort -n "$WORK/disk.txt" | tail -1)
 echo "peak disk under $TMPBASE: $((peak / 1024)) MB; left after: $(du -sk "$TMPBASE" 2>/dev/null | cut -f1) KB"
 start=$SECONDS
