@@ -18,6 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fkt.config import Config
+from fkt.data import image_side
 
 PROBE_BACKBONE, PROBE_SIDE = "resnet-tiny", 16  # what planning probes with: passes do not depend on either
 
@@ -60,8 +61,6 @@ def count_step(module_cls: type, config: Config, num_classes: int, device: torch
                flops: bool = False, freeze_backbone: bool = False) -> StepCount:
     """One training step of a fresh `module_cls` built from `config`, on a synthetic batch: its
     passes, teacher forwards and, with `flops`, its FLOPs. Leaves every random generator as it was."""
-    from fkt.data import image_side
-
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         module = module_cls(config=config.to_dict(), num_classes=num_classes, freeze_backbone=freeze_backbone)

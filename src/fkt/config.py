@@ -232,12 +232,8 @@ class GridConfig(_Strict):
         for reserved, instead in cls.RESERVED_AXES.items():
             if key == reserved or key.startswith(reserved + "."):
                 return f"set by the grid itself (use {instead})"
-        model: Any = Config  # defined below; validation runs after the module is loaded
-        for part in key.split("."):
-            fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
-            if part not in fields:
-                return "not a config field (a dotted field such as data.labels_per_class or trainer.epochs)"
-            model = fields[part].annotation
+        if config_field(key) is None:  # defined below; validation runs after the module is loaded
+            return "not a config field (a dotted field such as data.labels_per_class or trainer.epochs)"
         return ""
 
 
@@ -272,15 +268,24 @@ class Config(_Strict):
         return resolve(Path(path), overrides or {}, [])
 
 
+def config_field(dotted: str) -> Any:
+    """The pydantic field a dotted name (`data.batch_size`) names, or None where it names none."""
+    model: Any = Config
+    field = None
+    for part in dotted.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        field = model.model_fields[part]
+        model = field.annotation
+    return field
+
+
 def field_description(dotted: str) -> str:
     """A config field's `description=` by its dotted name (`data.batch_size`): the one text that
     `fkt train --help` and the configuration reference both show."""
-    model: Any = Config
-    for part in dotted.split("."):
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
-            raise KeyError(f"{dotted}: not a config field")
-        field = model.model_fields[part]
-        model = field.annotation
+    field = config_field(dotted)
+    if field is None:
+        raise KeyError(f"{dotted}: not a config field")
     return field.description or ""
 
 

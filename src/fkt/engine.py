@@ -23,7 +23,7 @@ from fkt.config import Config, save_config
 from fkt.data import image_side
 from fkt.data.module import FKTDataModule
 from fkt.errors import UserError
-from fkt.evaluate import classification_metrics, predict, representation_metrics
+from fkt.evaluate import classification_metrics, predict, representation_metrics, skipped_images
 from fkt.fusion import check_fusion
 from fkt.hardware import check_hardware, evaluation_device, make_trainer, probe_trainer
 from fkt.io import RunLock, atomic_write_json, is_rank_zero
@@ -149,20 +149,23 @@ def train_stages(config: Config, run: RunDir, data: FKTDataModule, trust: bool =
     compute: dict[str, Any] = {"epochs": 0, "image_passes": 0, "passes_by_term": {}, "teacher_forwards": 0,
                                "flops": {}, "train_seconds": 0.0, "stages": {}}
     plan = stages(config)
+    world = probe_trainer(config).world_size  # ranks each step ran on, every one making the probe step's FLOPs
     previous: Method | None = None
     is_global_zero = True
     for i, stage in enumerate(plan):
         if previous is not None:  # the next stage's heads start where the last one's view stream ended
             previous.context.continue_stream()
         module, resumed, is_global_zero = fit_stage(config, run, data, stage, i == len(plan) - 1, previous, trust)
-        record = stage_compute(config, stage, module, data, resumed)
+        previous = module
+        if not is_global_zero:  # only rank 0 reports: no probe step for the others
+            continue
+        record = stage_compute(config, stage, module, data, resumed, world)
         compute["stages"][stage.name] = record
         for key in ("passes_by_term", "flops"):
             for term, count in record[key].items():
                 compute[key][term] = compute[key].get(term, 0) + count
         for key in ("epochs", "image_passes", "teacher_forwards", "train_seconds"):
             compute[key] += record[key]
-        previous = module
     compute["train_seconds"] = round(compute["train_seconds"], 2)
     return compute if is_global_zero else None
 
@@ -188,14 +191,15 @@ def fit_stage(config: Config, run: RunDir, data: FKTDataModule, stage: Stage, fi
     return module, resume is not None, trainer.is_global_zero
 
 
-def stage_compute(config: Config, stage: Stage, module: Method, data: FKTDataModule, resumed: bool) -> dict[str, Any]:
+def stage_compute(config: Config, stage: Stage, module: Method, data: FKTDataModule, resumed: bool,
+                  world: int) -> dict[str, Any]:
     """What a stage spent: the passes and teacher forwards its steps counted, its FLOPs (one probe step's,
     measured here, times its steps on every rank), its seconds; and, for an SSL stage, whether its
     term learned (a stage that ran to its end without learning must not pass unnoticed)."""
     ctx = module.context
     step = count_step(stage.module, config, len(data.classes), evaluation_device(config), flops=True,
                       freeze_backbone=stage.freeze_backbone)
-    scale = ctx.steps * module_world_size(config)
+    scale = ctx.steps * world
     record: dict[str, Any] = {"module": module.name, "epochs": stage.epochs, "image_passes": ctx.image_passes,
                               "passes_by_term": dict(ctx.passes), "teacher_forwards": ctx.teacher_forwards,
                               "steps": ctx.steps, "flops_per_step": step.flops,
@@ -208,11 +212,6 @@ def stage_compute(config: Config, stage: Stage, module: Method, data: FKTDataMod
         if warning is not None and is_rank_zero():
             print(f"[fkt] warning: {warning}", file=sys.stderr, flush=True)
     return record
-
-
-def module_world_size(config: Config) -> int:
-    """Ranks a stage's steps ran on (each made the probe step's FLOPs on its own shard)."""
-    return probe_trainer(config).world_size
 
 
 def evaluate_run(config: Config, run: RunDir, data: FKTDataModule, compute: dict[str, Any]) -> dict[str, Any]:
@@ -238,8 +237,7 @@ def evaluate_run(config: Config, run: RunDir, data: FKTDataModule, compute: dict
                            if (stage.get("ssl") or {}).get("warning")]
     results["classes"] = data.classes
     results["data_notes"] = bundle.notes
-    skipped = getattr(bundle, "skipped", [])
-    results["skipped_images"] = {"count": len(skipped), "files": [f"{path}: {why}" for path, why in skipped]}
+    results["skipped_images"] = skipped_images(bundle)
     results["checkpoint"] = run.relative(run.best)
     atomic_write_json(run.metrics, results)
     return results

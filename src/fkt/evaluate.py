@@ -82,6 +82,12 @@ def representation_metrics(module: Any, data: FKTDataModule, device: torch.devic
     return results
 
 
+def skipped_images(bundle: Any) -> dict[str, Any]:
+    """The unreadable image files a run or an evaluation left out (`--skip-bad-images`), as its JSON says them."""
+    skipped = getattr(bundle, "skipped", [])
+    return {"count": len(skipped), "files": [f"{path}: {why}" for path, why in skipped]}
+
+
 def checkpoint_data(module: Any, checkpoint: Path, data_root: Path | None = None,
                     skip_bad_images: bool = False) -> FKTDataModule:
     """The data a checkpoint was trained on, with its run's saved split where the run directory
@@ -122,9 +128,8 @@ def evaluate_checkpoint(checkpoint: Path, dataset: str | None, data_root: Path |
         results["test"] = classification_metrics(logits, targets, data.classes, ordinal=data.bundle.ordinal)
     results.update(representation_metrics(module, data, device, module.cfg, list(probes),
                                           corruptions and module.trains_classifier))
-    skipped = getattr(data.bundle, "skipped", [])
-    if skipped:
-        results["skipped_images"] = {"count": len(skipped), "files": [f"{path}: {why}" for path, why in skipped]}
+    if getattr(data.bundle, "skipped", []):
+        results["skipped_images"] = skipped_images(data.bundle)
     if out is not None:
         atomic_write_json(Path(out) / "eval.json", results)
     return results
