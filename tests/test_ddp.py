@@ -49,7 +49,6 @@ from fkt.data.transforms import Normalize, to_float
 from fkt.evaluate import checkpoint_data, evaluate_checkpoint
 from fkt.methods import load_module
 from fkt.methods import MODULES
-from fkt.objectives import weighted_total
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is not available")
@@ -196,7 +195,7 @@ class TrainingStep(nn.Module):
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor):
         terms = self.method.losses(self.method.context, (images, targets))
-        return weighted_total(terms, self.method.loss_weights), {k: v.detach() for k, v in terms.items()}
+        return self.method.combine(terms), {k: v.detach() for k, v in terms.items()}
 
 
 def step_record(method, terms: dict[str, torch.Tensor], total: torch.Tensor) -> dict:
@@ -298,7 +297,7 @@ def single_process_step() -> dict:
     method = build_method()  # world_size 1, plain NT-Xent, plain batch norm on the whole batch
     images, targets = global_batch()
     terms = method.losses(method.context, (images, targets))
-    total = weighted_total(terms, method.loss_weights)
+    total = method.combine(terms)
     total.backward()
     return step_record(method, terms, total)
 

@@ -37,9 +37,10 @@ def test_a_labelled_fraction_keeps_each_class_in_proportion_and_at_least_one():
     assert np.bincount(targets[labelled_subset(targets, None, 0.001, 0, CLASSES)]).tolist() == [1, 1, 1, 1]
 
 
-def config(root: Path, out: Path | None = None, method: str = "functional", **data) -> object:
+def config(root: Path, out: Path | None = None, method: str = "functional", settings: dict | None = None,
+           **data) -> object:
     return build_config({
-        "method": {"name": method},
+        "method": {"name": method, **(settings or {})},
         "data": {"dataset": "fashion-mnist", "root": str(root), "image_size": 16, "batch_size": 8,
                  "val_fraction": 0.2, "num_workers": 0, **data},
         "model": {"proj_hidden_dim": 32},
@@ -77,8 +78,9 @@ def test_the_pool_carries_no_labels_and_the_joint_step_has_both_streams(fmnist):
     data.setup()
     assert all(int(t) == -1 for part in data.pool for _, t in part)
     assert sum(map(len, data.pool)) == 12 + data.counts["unlabelled"]  # the labelled images are in the pool too
-    pool_images, images, targets = next(iter(data.train_loader("joint")))
+    pool_images, truth, images, targets = next(iter(data.train_loader("joint")))
     assert pool_images.shape[0] == 8 and images.shape[0] == 4 and (targets >= 0).all()
+    assert (truth >= 0).all()  # the withheld classes, for the pseudo-labels' accuracy alone (fkt.pseudo)
     assert len(data.train_loader("joint")) == (12 + data.counts["unlabelled"]) // 8
     labelled_only = list(data.train_loader("labelled"))  # an epoch of as many steps, 4 labelled images each
     assert len(labelled_only) == len(data.train_loader("joint")) and labelled_only[0][0].shape[0] == 4
@@ -111,15 +113,36 @@ def poisoned(monkeypatch, seed: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["functional", "representational", "supervised"])
+@pytest.mark.parametrize("method", ["functional", "representational", "supervised", "supervised+fixmatch",
+                                    "functional+fixmatch", "representational+fixmatch"])
 def test_labels_of_unlabelled_images_never_reach_a_loss(fmnist, tmp_path, monkeypatch, method):
-    clean = train(config(fmnist.root, tmp_path / "clean", method=method, labels_per_class=3, labelled_batch_size=4))
+    """Nor the pseudo-label term's: its accuracy diagnostic reads them, and must change nothing else
+    (a low threshold, so that pseudo-labels are made and the diagnostic has something to count)."""
+    method, _, pseudo = method.partition("+")
+    settings = {"pseudo_label": pseudo, "pl_threshold": 0.3, "ema_decay": 0.9} if pseudo else {}
+
+    def run(out):
+        return train(config(fmnist.root, out, method, settings, labels_per_class=3, labelled_batch_size=4))
+
+    clean = run(tmp_path / "clean")
     poisoned(monkeypatch, seed=1)
-    dirty = train(config(fmnist.root, tmp_path / "dirty", method=method, labels_per_class=3, labelled_batch_size=4))
+    dirty = run(tmp_path / "dirty")
     a = torch.load(tmp_path / "clean" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "dirty" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert clean["test"]["accuracy"] == dirty["test"]["accuracy"]
+    if pseudo:  # the withheld labels did reach the diagnostic, and only it
+        stage = "finetune" if method == "representational" else "train"
+        assert logged(tmp_path / "clean", stage, "pseudo/accuracy_step") != logged(tmp_path / "dirty", stage,
+                                                                                    "pseudo/accuracy_step")
+        assert logged(tmp_path / "clean", stage, "train/pl") == logged(tmp_path / "dirty", stage, "train/pl")
+
+
+def logged(run_dir: Path, stage: str, column: str) -> list[str]:
+    import csv
+
+    with open(run_dir / "logs" / stage / "metrics.csv") as f:
+        return [row[column] for row in csv.DictReader(f) if row.get(column)]
 
 
 def test_the_poison_does_change_the_labels_it_is_meant_to(fmnist, monkeypatch):

@@ -30,16 +30,18 @@ READ_BEFORE_THE_STAGE = {
     "method.name": "stages() picks the stages",
     "method.finetune": "stages() freezes the backbone for a linear fine-tune",
     "trainer.compile_mode": "read only with trainer.compile (off here)",
+    "method.pl_threshold": "read only with method.pseudo_label (off here)",
 }
 # The images a stage trains on come from these (FKTDataModule.setup), whatever the stage reads itself.
 DATA_FIELDS_THAT_SHAPE_THE_TRAINING_IMAGES = {
     "data.dataset", "data.root", "data.image_size", "data.val_fraction", "data.test_fraction", "data.limit_train",
     "data.split_seed", "data.batch_size", "data.scan_images", "data.skip_bad_images", "data.cache",
     "data.cache_dir", "data.cache_size", "data.unlabelled_root", "data.num_workers", "data.eval_batch_size",
+    "data.labelled_classes", "data.pool_mismatch",
 }
 # A supervised copy is a copy of the whole run: its evaluation and its labelled set come with it.
 SUPERVISED_ALSO = {"evaluate", "data.labels_per_class", "data.labelled_fraction", "data.labelled_batch_size",
-                   "arm"}
+                   "data.pool_batch_ratio", "data.val_labels_per_class", "arm"}
 
 
 def leaves(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:

@@ -52,9 +52,11 @@ def test_functional_total_is_ssl_plus_lambda_ce():
     config = tiny_config(method={"lambda_ce": 0.25})
     m = module(Functional, config)
     terms = {"ssl": torch.tensor(2.0), "ce": torch.tensor(4.0)}
-    from fkt.objectives import weighted_total
-
-    assert weighted_total(terms, m.loss_weights).item() == pytest.approx(2.0 + 0.25 * 4.0)
+    assert m.combine(terms).item() == pytest.approx(2.0 + 0.25 * 4.0)
+    with_pseudo = module(Functional, tiny_config(method={"lambda_ce": 0.25, "pl_weight": 0.5},
+                                                 data={"labels_per_class": 1}))
+    total = with_pseudo.combine({**terms, "pl": torch.tensor(8.0)})  # lambda on the whole supervised side
+    assert total.item() == pytest.approx(2.0 + 0.25 * (4.0 + 0.5 * 8.0))
 
 
 def test_simclr_pretraining_has_no_cross_entropy_and_leaves_classifier_alone():

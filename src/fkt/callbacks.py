@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import EMAWeightAveraging
 
 from fkt.objectives import check_finite
 
@@ -59,3 +60,24 @@ class LearningCheck(pl.Callback):
         if ssl is None or ctx.total_steps is None or not isinstance(outputs, dict) or "ssl" not in outputs["terms"]:
             return
         pl_module.ssl_track.add(ctx.step, outputs["terms"]["ssl"], ctx.total_steps, ssl.settle_steps(pl_module.global_batch))
+
+
+class EndMidEpoch(pl.Callback):
+    """A stage of fractional epochs (the grid's compute matching) ends at `max_steps`, mid-epoch, where
+    Lightning would not validate: asking it to stop there validates first, so best.ckpt sees the end."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
+class MovingAverage(EMAWeightAveraging):
+    """Lightning's exponential moving average of the weights (`method.ema_decay`): validation sees it,
+    full checkpoints hold it (with the weights themselves, to resume) and the stage ends on it.
+    `into_weights_only` gives a weights-only checkpoint (best.ckpt) the average too: Lightning calls a
+    callback's checkpoint hook on full checkpoints alone, the module's on every one."""
+
+    def into_weights_only(self, checkpoint: dict[str, Any]) -> None:
+        if self._average_model is not None and "optimizer_states" not in checkpoint:
+            averaged = self._average_model.state_dict()
+            checkpoint["state_dict"] = {k.removeprefix("module."): v for k, v in averaged.items() if k.startswith("module.")}

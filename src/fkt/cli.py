@@ -51,7 +51,13 @@ def field_help(dest: str, const: object = None) -> str:
 
 
 # A value flag's placeholder in --help, by its type (the field's name in capitals otherwise).
-METAVARS = {int: "N", float: "X", Path: "PATH"}
+def epochs_value(text: str) -> int | float:
+    """An epoch count as written: 3 stays an int, 1.5 ends mid-epoch."""
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+METAVARS = {int: "N", float: "X", Path: "PATH", epochs_value: "N"}
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -59,7 +65,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     config section; each one's help is its field's description (see field_help)."""
     from typing import get_args
 
-    from fkt.config import CompileMode, Config, Fusion, SSLObjective
+    from fkt.config import CompileMode, Config, Fusion, PseudoLabel, SSLObjective
 
     p.add_argument("--config", "--preset", dest="config", metavar="NAME|FILE",
                    help=f"a preset by name ({', '.join(preset_names())}) or a YAML file of your own")
@@ -86,6 +92,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     flag("--temperature", dest="method.temperature", type=float)
     flag("--classifier-input", dest="method.classifier_input", choices=["clean", "weak", "view"])
     flag("--finetune", dest="method.finetune", choices=["full", "linear"])
+    flag("--pseudo-label", dest="method.pseudo_label", choices=list(get_args(PseudoLabel)))
+    flag("--pl-threshold", dest="method.pl_threshold", type=float)
+    flag("--ema-decay", dest="method.ema_decay", type=float)
     flag("--dataset", dest="data.dataset", metavar="NAME")
     flag("--data-root", dest="data.root", type=Path)
     flag("--image-size", dest="data.image_size", type=int)
@@ -96,13 +105,14 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     flag("--labelled-fraction", dest="data.labelled_fraction", type=float)
     flag("--unlabelled-root", dest="data.unlabelled_root", type=Path)
     flag("--labelled-batch-size", dest="data.labelled_batch_size", type=int)
+    flag("--pool-batch-ratio", dest="data.pool_batch_ratio", type=float)
     flag("--skip-bad-images", dest="data.skip_bad_images", action="store_const", const=True)
     flag("--no-cache", dest="data.cache", action="store_const", const=False)
     flag("--backbone", dest="model.backbone", metavar="NAME")
     flag("--stem", dest="model.stem", choices=["imagenet", "small"])
     flag("--pretrained-weights", dest="model.pretrained_weights", type=Path)
-    flag("--epochs", dest="trainer.epochs", type=int)
-    flag("--pretrain-epochs", dest="trainer.pretrain_epochs", type=int)
+    flag("--epochs", dest="trainer.epochs", type=epochs_value)
+    flag("--pretrain-epochs", dest="trainer.pretrain_epochs", type=epochs_value)
     flag("--accelerator", dest="trainer.accelerator", metavar="NAME")
     flag("--devices", dest="trainer.devices", metavar="N|auto")
     flag("--num-nodes", dest="trainer.num_nodes", type=int)

@@ -41,7 +41,7 @@ class StepCount:
 
 def probe_batch(config: Config, train_data: str, side: int, num_classes: int, device: torch.device) -> tuple:
     """A synthetic batch in the layout a method's stream gives (`FKTDataModule.train_loader`):
-    (images, targets), or (pool, images, targets) for the joint step with some images unlabelled."""
+    (images, targets), or (pool, pool truth, images, targets) for the joint step with some images unlabelled."""
     gen = torch.Generator().manual_seed(0)
 
     def images(n: int) -> torch.Tensor:
@@ -52,7 +52,7 @@ def probe_batch(config: Config, train_data: str, side: int, num_classes: int, de
 
     data = config.data
     if train_data == "joint" and data.few_labels:
-        return images(data.batch_size), images(data.labelled_batch), targets(data.labelled_batch)
+        return images(data.batch_size), targets(data.batch_size), images(data.labelled_batch), targets(data.labelled_batch)
     n = data.labelled_batch if train_data == "labelled" else data.batch_size
     return images(n), targets(n)
 

@@ -8,7 +8,7 @@ and a checkpoint can be rebuilt from it alone.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator,
@@ -19,9 +19,13 @@ from fkt.errors import UserError
 
 Method = Literal["supervised", "representational", "functional"]
 # A grid arm: a method, or supervised training for as many image passes as the functional arm.
-Arm = Literal["supervised", "representational", "functional", "supervised-matched"]
+# `+fixmatch` adds the pseudo-label term to a method (`fixmatch` alone: supervised + fixmatch).
+Arm = Literal["supervised", "representational", "functional", "supervised-matched", "fixmatch",
+              "functional+fixmatch", "representational+fixmatch"]
+PseudoLabel = Literal["none", "fixmatch"]
 SSLObjective = Literal["simclr", "byol", "simsiam", "barlowtwins", "vicreg", "dino", "moco", "nnclr", "supcon"]
 Fusion = Literal["fixed", "ramp", "uncertainty", "pcgrad"]
+Epochs = Annotated[int | float, Field(gt=0)]  # a whole number stays one in the saved config
 CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
 
 
@@ -63,11 +67,29 @@ class DataConfig(_Strict):
     labelled_batch_size: PositiveInt | None = Field(
         None, description="labelled images a step when some are unlabelled (the cross-entropy's batch); "
                           "None: batch_size; capped to the labelled set if larger")
+    pool_batch_ratio: float | None = Field(
+        None, ge=1, description="with few labels, pool images a step as a multiple of the labelled batch "
+                                "(FixMatch's mu); sets batch_size to ratio x labelled batch. None: batch_size")
+    val_labels_per_class: PositiveInt | None = Field(
+        None, description="validate on this many labelled images per class (a stratified subset of the held-out "
+                          "split, disjoint from training): a validation set no larger than the labelled one")
+    labelled_classes: list[str] | None = Field(
+        None, description="the task's classes (names); the others can only reach the pool, as class mismatch. "
+                          "None: every class")
+    pool_mismatch: float = Field(0.0, ge=0, le=1, description="share of the pool drawn from the classes outside "
+                                                              "labelled_classes (Oliver et al. 2018), pool size kept")
 
     @model_validator(mode="after")
     def _one_label_budget(self) -> "DataConfig":
         if self.labels_per_class is not None and self.labelled_fraction is not None:
             raise ValueError("set labels_per_class or labelled_fraction, not both")
+        if self.pool_mismatch > 0 and not self.labelled_classes:
+            raise ValueError(f"pool_mismatch={self.pool_mismatch} needs data.labelled_classes (the pool's "
+                             "other classes are those outside them)")
+        if self.pool_batch_ratio is not None and self.few_labels:
+            # resolved into the two batches, so that everything downstream reads batch_size as the pool's
+            labelled = self.labelled_batch
+            self.__dict__.update(labelled_batch_size=labelled, batch_size=max(1, round(self.pool_batch_ratio * labelled)))
         return self
 
     @property
@@ -142,13 +164,22 @@ class MethodConfig(_Strict):
         "clean", description="the cross-entropy's input: the image, a weak view (flip, translate), or an SSL view")
     finetune: Literal["full", "linear"] = Field(
         "full", description="representational's second stage: every weight, or a linear probe on the frozen backbone")
+    pseudo_label: PseudoLabel = Field(
+        "none", description="a pseudo-label term on the unlabelled pool beside the cross-entropy, in any arm that "
+                            "trains the classifier: fixmatch (Sohn et al. 2020); needs unlabelled images")
+    pl_threshold: float = Field(0.95, gt=0, le=1, description="fixmatch: a pool image's weak-view confidence "
+                                                              "needed for its class to become its target")
+    pl_weight: float = Field(1.0, ge=0, description="fixmatch: the pseudo-label term's weight beside the cross-entropy")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="evaluate and save an exponential moving average "
+                                                                  "of the weights (FixMatch: 0.999); None: the weights")
 
 
 class TrainerConfig(_Strict):
-    epochs: PositiveInt = Field(100, description="training epochs (representational: fine-tuning's); with few "
-                                                 "labels an epoch is one pass over the pool")
-    pretrain_epochs: PositiveInt = Field(100, description="representational's SSL pretraining epochs; "
-                                                          "the other methods ignore it")
+    epochs: Epochs = Field(100, description="training epochs (representational: fine-tuning's); with few "
+                                            "labels an epoch is one pass over the pool; a fraction ends mid-epoch "
+                                            "(the grid's compute matching)")
+    pretrain_epochs: Epochs = Field(100, description="representational's SSL pretraining epochs; "
+                                                     "the other methods ignore it")
     accelerator: str = Field("auto", description="Lightning's accelerator: auto (a GPU where there is one), "
                                                  "cpu, gpu")
     devices: int | str = Field("auto", description="Lightning's devices: auto, a count, or a list such as 0,1")
@@ -251,6 +282,13 @@ class Config(_Strict):
     out: Path | None = Field(None, description="the run directory (fkt train --out); a rerun on it resumes "
                                                "from its last checkpoint")
 
+    @model_validator(mode="after")
+    def _pseudo_labels_need_a_pool(self) -> "Config":
+        if self.method.pseudo_label != "none" and not self.data.few_labels:
+            raise ValueError(f"method.pseudo_label={self.method.pseudo_label} needs unlabelled images: set "
+                             "data.labels_per_class, data.labelled_fraction below 1 or data.unlabelled_root")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -292,12 +330,12 @@ def field_description(dotted: str) -> str:
 def _format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "<root>"
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     value = first.get("input")
     shown = "" if first["type"] == "extra_forbidden" or isinstance(value, dict) else f" (got {value!r})"
-    return f"{source}: {field}: {msg}{shown}"
+    return f"{source}: {msg}" if field == "<root>" else f"{source}: {field}: {msg}{shown}"
 
 
 def build_config(data: dict[str, Any], source: str = "config") -> Config:

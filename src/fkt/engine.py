@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import shutil
 import sys
 import warnings
@@ -50,8 +51,8 @@ def resolved(config: Config) -> Config:
     return config
 
 
-def resumable_epochs(checkpoint: Path, config: Config, num_classes: int, trust: bool = False) -> int:
-    """Training epochs a run's own last checkpoint has fully processed; refuses another run's."""
+def resumable_progress(checkpoint: Path, config: Config, num_classes: int, trust: bool = False) -> tuple[int, int]:
+    """(epochs fully processed, optimizer steps) of a run's own last checkpoint; refuses another run's."""
     try:
         state = read_checkpoint(checkpoint, trust, what="--out")
     except UserError as err:
@@ -62,7 +63,15 @@ def resumable_epochs(checkpoint: Path, config: Config, num_classes: int, trust: 
             config.method.name, config.model.backbone, config.model.stem, num_classes):
         raise UserError(f"{checkpoint}: left by a different run (method, backbone or classes differ); "
                         "use another --out or delete it")
-    return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]), int(state.get("global_step", 0))
+
+
+def stage_steps(stage: Stage, data: FKTDataModule, stream: str, world: int) -> int:
+    """The optimizer steps a stage of fractional epochs ends at (the grid's compute matching), to the
+    nearest step; -1 for a whole number of epochs, which Lightning ends itself."""
+    if float(stage.epochs).is_integer():
+        return -1
+    return max(1, round(stage.epochs * len(data.train_loader(stream, world))))
 
 
 def check_method(config: Config) -> None:
@@ -71,7 +80,7 @@ def check_method(config: Config) -> None:
     check_fusion(config, probe_trainer(config).world_size)
 
 
-def build_trainer(config: Config, run: RunDir, stage: Stage, final: bool) -> pl.Trainer:
+def build_trainer(config: Config, run: RunDir, stage: Stage, final: bool, max_steps: int = -1) -> pl.Trainer:
     t = config.trainer
     callbacks: list[pl.Callback] = []
     if final:  # best.ckpt on validation accuracy (weights only: it is never resumed); pretraining has no labels
@@ -84,7 +93,8 @@ def build_trainer(config: Config, run: RunDir, stage: Stage, final: bool) -> pl.
                TensorBoardLogger(run.root, name="tb", version=stage.name, default_hp_metric=False)]
     return make_trainer(
         config,
-        max_epochs=stage.epochs,
+        max_epochs=math.ceil(stage.epochs),
+        max_steps=max_steps,
         plugins=[AtomicCheckpointIO()],
         logger=loggers,
         callbacks=[*callbacks, LearningRateMonitor(logging_interval="epoch")],
@@ -155,7 +165,7 @@ def train_stages(config: Config, run: RunDir, data: FKTDataModule, trust: bool =
     for i, stage in enumerate(plan):
         if previous is not None:  # the next stage's heads start where the last one's view stream ended
             previous.context.continue_stream()
-        module, resumed, is_global_zero = fit_stage(config, run, data, stage, i == len(plan) - 1, previous, trust)
+        module, resumed, is_global_zero = fit_stage(config, run, data, stage, i == len(plan) - 1, previous, trust, world)
         previous = module
         if not is_global_zero:  # only rank 0 reports: no probe step for the others
             continue
@@ -171,18 +181,21 @@ def train_stages(config: Config, run: RunDir, data: FKTDataModule, trust: bool =
 
 
 def fit_stage(config: Config, run: RunDir, data: FKTDataModule, stage: Stage, final: bool, previous: Method | None,
-              trust: bool) -> tuple[Method, bool, bool]:
+              trust: bool, world: int = 1) -> tuple[Method, bool, bool]:
     """(the stage's module, whether it resumed, whether this is the global rank 0)."""
     classes = data.classes
-    last = run.last(None if final else stage.name)
-    resume = last if last.exists() else None
-    if resume is not None and resumable_epochs(resume, config, len(classes), trust) >= stage.epochs:
-        return load_module(resume, trust), True, True  # finished before an interruption: nothing to redo
     module = stage.module(config=config.to_dict(), num_classes=len(classes), classes=classes,
                           freeze_backbone=stage.freeze_backbone)
+    max_steps = stage_steps(stage, data, module.train_data, world)
+    last = run.last(None if final else stage.name)
+    resume = last if last.exists() else None
+    if resume is not None:
+        epochs, steps = resumable_progress(resume, config, len(classes), trust)
+        if epochs >= stage.epochs or 0 < max_steps <= steps:
+            return load_module(resume, trust), True, True  # finished before an interruption: nothing to redo
     if stage.init_from is not None:
         module.backbone.load_state_dict(previous.backbone.state_dict())
-    trainer = build_trainer(config, run, stage, final)
+    trainer = build_trainer(config, run, stage, final, max_steps)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=not trust)
     except NonFiniteLoss as err:
@@ -225,12 +238,15 @@ def evaluate_run(config: Config, run: RunDir, data: FKTDataModule, compute: dict
         "dataset": config.data.dataset,
         "seed": config.seed,
         "backbone": config.model.backbone,
+        "pseudo_label": config.method.pseudo_label,
+        "ema_decay": config.method.ema_decay,  # None: the weights themselves were evaluated
     }
     for split in ("val", "test"):
         logits, targets = predict(best, data.loader(split), device)
         results[split] = classification_metrics(logits, targets, data.classes, ordinal=bundle.ordinal)
     results.update(representation_metrics(best, data, device, config))
     results["images"] = data.counts  # training images with and without labels
+    results.update({"pool": data.pool_summary} if data.pool else {})  # with few labels: its mismatch, classes
     results["compute"] = compute
     # each SSL stage whose term did not learn (fkt.learning), in one line each; empty where all did
     results["warnings"] = [stage["ssl"]["warning"] for stage in compute["stages"].values()

@@ -30,10 +30,10 @@ def build_optimizer(settings: OptimizerConfig, params: list[torch.nn.Parameter])
     return kind(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
 
 
-def lr_factor(schedule: OptimConfig, total: int, epochs: int):
+def lr_factor(schedule: OptimConfig, total: int, epochs: float):
     """The lr multiplier at each optimizer step: linear warm-up over `warmup_epochs`, then constant
     or a cosine to 0 at the stage's last step."""
-    warmup = min(total - 1, int(schedule.warmup_epochs * total / max(1, epochs)))
+    warmup = min(total - 1, int(schedule.warmup_epochs * total / max(1e-9, epochs)))
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -46,7 +46,7 @@ def lr_factor(schedule: OptimConfig, total: int, epochs: int):
 
 
 def configure(schedule: OptimConfig, settings: OptimizerConfig, params: list[torch.nn.Parameter],
-              global_batch: int, stage_length: Callable[[], tuple[int, int]]) -> Any:
+              global_batch: int, stage_length: Callable[[], tuple[int, float]]) -> Any:
     """What `LightningModule.configure_optimizers` returns: the optimizer, and its per-step schedule
     where there is one. `stage_length()` gives the stage's (optimizer steps, epochs), asked only then."""
     lr = scaled_lr(settings.lr, schedule.lr_scaling, global_batch, schedule.reference_batch)

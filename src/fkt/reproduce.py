@@ -38,6 +38,8 @@ from fkt.rundir import RunDir
 # cell's bookkeeping (arm, out, grid). tests/test_grid_fields.py checks both lists against the fields each
 # stage reads, so a new field cannot be forgotten here.
 SSL_IGNORED_FIELDS = ("data.labels_per_class", "data.labelled_fraction", "data.labelled_batch_size",
+                      "data.pool_batch_ratio", "data.val_labels_per_class", "method.pseudo_label",
+                      "method.pl_threshold", "method.pl_weight", "method.ema_decay",
                       "trainer.epochs", "method.finetune", "method.lambda_ce", "method.classifier_input",
                       "method.fusion", "method.lambda_start", "method.ramp_epochs", "method.grad_cosine",
                       "optim.supervised", "optim.functional", "evaluate", "arm", "out", "grid")
@@ -65,43 +67,62 @@ def run_name(dataset: str, axes: dict[str, Any], arm: str, seed: int) -> str:
     return "-".join(part for part in parts if part)
 
 
+def arm_method(arm: str) -> dict[str, str]:
+    """The method settings an arm names: `supervised-matched` is plain supervised training, `fixmatch`
+    supervised training with the pseudo-label term, `<method>+fixmatch` that method with it."""
+    if arm == "supervised-matched":
+        return {"name": "supervised", "pseudo_label": "none"}
+    method, _, pseudo = arm.partition("+")
+    if method == "fixmatch":
+        method, pseudo = "supervised", "fixmatch"
+    return {"name": method, **({"pseudo_label": pseudo} if pseudo else {})}
+
+
 def cell_config(config: Config, dataset: str, arm: str, seed: int, out: Path,
                 axes: dict[str, Any] | None = None) -> Config:
     """The config of one cell: the preset, its dataset's and its arm's overrides, then its axis values
-    (what the grid varies has the last word), except supervised-matched's epochs (and with few labels the
-    representational ones): those that give it the image passes of the functional cell with the same
-    axis values, so compute matches per axis value."""
+    (what the grid varies has the last word), except the epochs of the arms matched to the functional
+    cell with the same axis values (supervised-matched; with few labels every arm): those that give it
+    that cell's image passes, so compute matches per axis value."""
     axes = axes or {}
     data = deep_merge(config.to_dict(), {"data": {"dataset": dataset}})
     data = deep_merge(data, config.grid.per_dataset.get(dataset, {}))
     data = deep_merge(data, config.grid.per_method.get(arm, {}))
-    data["method"]["name"] = "supervised" if arm == "supervised-matched" else arm
+    data["method"].update(arm_method(arm))
     for key, value in axes.items():
         set_dotted(data, key, value)
     data.update(seed=seed, arm=arm, out=str(Path(out) / "runs" / run_name(dataset, axes, arm, seed)))
     where = f"grid cell {dataset}/{axes_label(axes)}/{arm}" if axes else f"grid cell {dataset}/{arm}"
     own = build_config(data, f"{where}/seed {seed}")  # its own values first, so that an error names this cell
-    if arm == "supervised-matched" or (arm == "representational" and own.data.few_labels):
+    if arm == "supervised-matched" or (arm not in ("functional", "supervised") and own.data.few_labels):
         functional = cell_config(config, dataset, "functional", seed, out, axes)
-        data["trainer"].update(matched_epochs(functional, arm))
+        data["trainer"].update(matched_epochs(functional, own))
     return build_config(data, f"{where}/seed {seed}")
 
 
-def matched_epochs(functional: Config, arm: str) -> dict[str, int]:
+def matched_epochs(functional: Config, arm: Config) -> dict[str, int | float]:
     """The epochs that give `arm` the functional cell's image passes, from the passes one step of each
     stage makes (counted on a probe step, `fkt.compute.passes_per_step`). Every arm's epoch has the same
     number of steps: a pass over the training images with every image labelled, a pass over the pool
-    with few labels (FKTDataModule.train_loader). So supervised-matched trains functional epochs x
-    (functional passes a step / supervised passes a step), rounded; with few labels representational
-    pretrains as many epochs as functional trains and fine-tunes for the passes left."""
+    with few labels (FKTDataModule.train_loader). So an arm trains functional epochs x (functional passes
+    a step / its passes a step), a fraction where the ratio is one (the run ends at the nearest step,
+    `fkt.engine.stage_steps`); representational pretrains as many epochs as functional trains and
+    fine-tunes for the passes left."""
     epochs = functional.trainer.epochs
-    joint = passes_per_step(functional, "functional")
-    labelled = passes_per_step(functional, "supervised")
-    if arm == "representational":
-        ssl = passes_per_step(functional, "pretrain")
-        return {"pretrain_epochs": epochs, "epochs": max(1, round(epochs * (joint - ssl) / labelled))}
-    return {"epochs": max(1, round(epochs * joint / labelled))}
+    budget = epochs * passes_per_step(functional, "functional")
+    if arm.method.name == "representational":
+        left = budget - epochs * passes_per_step(arm, "pretrain")
+        if left <= 0:
+            raise UserError(f"grid arm {arm.arm}: its SSL pretraining alone makes more image passes than "
+                            "the functional arm it is matched to")
+        return {"pretrain_epochs": epochs, "epochs": as_epochs(left / passes_per_step(arm, "supervised"))}
+    return {"epochs": as_epochs(budget / passes_per_step(arm, arm.method.name))}
 
+
+def as_epochs(value: float) -> int | float:
+    """Epochs to 4 decimals (well under a step), a whole number as an int, as a preset would write it."""
+    value = round(value, 4)
+    return int(value) if value.is_integer() else value
 
 def axis_points(config: Config) -> list[dict[str, Any]]:
     """Every combination of the axes' values, the first axis varying slowest; [{}] without axes."""

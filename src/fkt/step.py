@@ -19,25 +19,30 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from fkt.data.strong import StrongView
 from fkt.data.transforms import Normalize, SimCLRViews, WeakView
 
 
 class StepContext:
     """Views, counted encoders and the clock of one training step (see the module's docstring).
 
-    `views` and `weak` may be replaced (tests feed fixed views); each is called as
-    `f(images, generator)`. A LightningModule holds the three view makers as its children too, so
-    that they move and cast with it (`Method`).
+    `views`, `weak` and `strong` may be replaced (tests feed fixed views); each is called as
+    `f(images, generator)`. A LightningModule holds the view makers as its children too, so
+    that they move and cast with it (`Method`). Parts may `record` a diagnostic of the step (a mask
+    rate, say), which the module logs; a diagnostic never enters a loss.
     """
 
     def __init__(self, backbone: nn.Module, image_size: int, memory_format: torch.memory_format = torch.contiguous_format,
                  views: Callable[..., torch.Tensor] | None = None, weak: Callable[..., torch.Tensor] | None = None,
-                 normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 strong: Callable[..., torch.Tensor] | None = None) -> None:
         self.backbone = backbone
         self.memory_format = memory_format
         self.simclr = views if views is not None else SimCLRViews(image_size)
         self.weak_view = weak if weak is not None else WeakView()
+        self.strong_view = strong if strong is not None else StrongView()
         self.normalize = normalize if normalize is not None else Normalize()
+        self.diagnostics: dict[str, torch.Tensor] = {}  # this step's, see `record`
         self.generator: torch.Generator | None = None
         self._seed: int | None = None  # this step's, applied at its first draw (the device is known then)
         self.passes: dict[str, int] = {}  # images through the backbone, per loss term, all ranks together
@@ -57,6 +62,7 @@ class StepContext:
         """Begin a training step: its number and the seed its views are drawn from."""
         self.step, self._seed, self._term = step, seed, None
         self.steps += 1
+        self.diagnostics = {}
 
     @property
     def epoch(self) -> float:
@@ -77,7 +83,7 @@ class StepContext:
     def on(self, device: torch.device) -> None:
         """The view makers' constants (normalisation) on the images' device (once per device)."""
         if device != self._device:
-            for part in (self.simclr, self.weak_view, self.normalize):
+            for part in (self.simclr, self.weak_view, self.strong_view, self.normalize):
                 if isinstance(part, nn.Module):
                     part.to(device)
             self._device = device
@@ -89,6 +95,14 @@ class StepContext:
     def weak(self, images: torch.Tensor) -> torch.Tensor:
         """A flipped and shifted copy of each image (FixMatch's weak view)."""
         return self.weak_view(images, self.random(images.device))
+
+    def strong(self, images: torch.Tensor) -> torch.Tensor:
+        """A RandAugment-and-Cutout copy of each image (FixMatch's strong view)."""
+        return self.strong_view(images, self.random(images.device))
+
+    def record(self, name: str, value: torch.Tensor) -> None:
+        """A diagnostic of this step, logged by the module beside the loss terms (never a loss)."""
+        self.diagnostics[name] = value.detach()
 
     def clean(self, images: torch.Tensor) -> torch.Tensor:
         """The images themselves, normalised as the views are."""

@@ -67,6 +67,9 @@ class ImageSet:
     targets: np.ndarray
     pixels: np.ndarray | None = None  # or fkt.data.cache.CachedPixels: rows of a memory map
     files: list[Path] | None = None
+    # Pool images only: the withheld class of each (-1 unknown, -2 a class outside the task), for the
+    # pseudo-labels' accuracy, a diagnostic that never reaches a loss (see fkt.pseudo)
+    truth: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.targets = np.asarray(self.targets, dtype=np.int64)
@@ -89,7 +92,7 @@ class ImageSet:
 
     def without_labels(self) -> ImageSet:
         """The same images, every label -1: a label of an image counted as unlabelled reaches no loss."""
-        return ImageSet(targets=np.full(len(self), -1), pixels=self.pixels, files=self.files)
+        return ImageSet(targets=np.full(len(self), -1), pixels=self.pixels, files=self.files, truth=self.targets.copy())
 
     def subset(self, indices: np.ndarray) -> ImageSet:
         indices = np.asarray(indices, dtype=np.int64)
@@ -97,6 +100,7 @@ class ImageSet:
             targets=self.targets[indices],
             pixels=None if self.pixels is None else self.pixels[indices],
             files=None if self.files is None else [self.files[i] for i in indices],
+            truth=None if self.truth is None else self.truth[indices],
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ from fkt.data.base import DataBundle, ImageSet, resized_rgb, unlabelled_folder
 from fkt.data.cache import CachedPixels, cache_bundle, cache_folder
 from fkt.data.sampler import EpochSampler, JointBatchSampler, ResumableLoader
 from fkt.data.scan import screen_bundle
-from fkt.data.splits import labelled_subset, load_splits, make_splits, save_splits, stratified_subset
+from fkt.data.splits import (OUTSIDE, labelled_subset, load_splits, make_splits, mismatched_pool, per_class_subset,
+                              save_splits, stratified_subset, task_labels, task_splits)
 from fkt.errors import UserError
 from fkt.io import is_rank_zero
 
@@ -92,15 +94,56 @@ def default_workers(in_memory: bool) -> int:
     return 0 if in_memory else max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
+def task_bundle(bundle: DataBundle, task: np.ndarray, names: list[str] | None) -> DataBundle:
+    """The bundle as the task sees it (data.labelled_classes): those classes in the order given, the
+    training targets remapped (OUTSIDE for the other classes, which only the pool can hold) and the
+    test split without the other classes. Without names: the bundle itself."""
+    if names is None:
+        return bundle
+    test = bundle.test
+    if test is not None:
+        test = test.subset(np.flatnonzero(task[test.targets] >= 0))
+        test = replace(test, targets=task[test.targets])
+    return replace(bundle, classes=list(names), train=replace(bundle.train, targets=task[bundle.train.targets]),
+                   test=test)
+
+
+def pool_classes(truth: np.ndarray, classes: list[str], sources: np.ndarray, source_classes: list[str]) -> dict:
+    """Pool images per class, from their truth: a task class by name, a class outside the task as
+    other:<name> (`sources`: the source labels of the pool's first images, the training split's),
+    unknown for data.unlabelled_root's images."""
+    names = [*classes, *(f"other:{name}" for name in source_classes), "unknown"]
+    sources = np.pad(sources, (0, len(truth) - len(sources)))
+    slot = np.where(truth >= 0, truth, np.where(truth == OUTSIDE, len(classes) + sources, len(names) - 1))
+    return {name: int(n) for name, n in zip(names, np.bincount(slot, minlength=len(names))) if n}
+
+
+class PoolTruth(Dataset):
+    """The pool's images with their withheld classes in place of the -1 labels: the truth the
+    pseudo-labels' accuracy is measured against (a diagnostic, never a loss; see fkt.pseudo)."""
+
+    def __init__(self, parts: list[ResizedImages]) -> None:
+        self.images = ConcatDataset(parts)
+        self.truth = np.concatenate([part.images.truth if part.images.truth is not None
+                                     else np.full(len(part), -1) for part in parts])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index][0], int(self.truth[index])
+
+
 class JointCollate:
-    """A joint step's items as (pool images, labelled images, their labels); a class, so workers can pickle it."""
+    """A joint step's items as (pool images, their truth, labelled images, their labels); a class, so
+    workers can pickle it."""
 
     def __init__(self, pool: int) -> None:
         self.pool = pool
 
-    def __call__(self, items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, items: list) -> tuple[torch.Tensor, ...]:
         images, targets = default_collate(items)
-        return images[: self.pool], images[self.pool:], targets[self.pool:]
+        return images[: self.pool], targets[: self.pool], images[self.pool:], targets[self.pool:]
 
 
 class FKTDataModule(pl.LightningDataModule):
@@ -140,41 +183,76 @@ class FKTDataModule(pl.LightningDataModule):
         if cfg.scan_images or cfg.skip_bad_images:  # before the split: its indices count the readable images
             screen_bundle(bundle, cfg.skip_bad_images, self.split_file.parent / "bad_images.txt" if writes else None,
                           bad)
+        task = self.task(bundle)
         splits, saved, meta = self.splits(bundle)
+        source, bundle = bundle, task_bundle(bundle, task, cfg.labelled_classes)
         test = bundle.test if bundle.test is not None else bundle.train.subset(np.array(splits["test"]))
         parts = {"train": bundle.train.subset(np.array(splits.get("labelled", splits["train"]))),
                  "val": bundle.train.subset(np.array(splits["val"])), "test": test}
         # The pool: the whole training split in its own order, whatever the label budget, so that SSL
         # pretraining is the same for every budget (and a grid can share it), then unlabelled_root.
-        pool = [bundle.train.subset(np.array(splits["train"])).without_labels(), bundle.unlabelled]
+        # With data.labelled_classes, the task's training images and pool_mismatch's other ones (see
+        # splits.mismatched_pool).
+        indices = np.array(splits.get("pool", splits["train"]), dtype=np.int64)
+        pool = [bundle.train.subset(indices).without_labels(), bundle.unlabelled]
         pool = [images for images in pool if images is not None] if cfg.few_labels else []
-        self.check_sizes(parts["train"], sum(map(len, pool)) or len(parts["train"]), len(splits["train"]), bundle)
+        self.check_sizes(parts["train"], sum(map(len, pool)) or len(parts["train"]),
+                         len(splits["train"]) + len(splits.get("outside", [])), bundle)
         if writes and not saved:  # only once the data is known to be usable
             save_splits(self.split_file, splits, {**meta, "source": bundle.source})
         self.sets = {name: ResizedImages(images, self.image_size) for name, images in parts.items()}
         self.pool = [ResizedImages(images, self.image_size) for images in pool]
+        self.sources = (source.train.targets[indices], source.classes)  # for pool_summary's other classes
         self.bundle = bundle
+
+    def task(self, bundle: DataBundle) -> np.ndarray:
+        """Each source class's label in the task (see splits.task_labels); a class mismatch without a
+        pool to hold it is refused."""
+        cfg = self.config.data
+        if cfg.pool_mismatch and not cfg.few_labels:
+            raise UserError(f"data.pool_mismatch={cfg.pool_mismatch}: every training image is labelled, so there "
+                            "is no pool; set data.labels_per_class, data.labelled_fraction below 1 or "
+                            "data.unlabelled_root")
+        return task_labels(bundle.classes, cfg.labelled_classes)
 
     def splits(self, bundle: DataBundle) -> tuple[dict[str, list[int]], bool, dict]:
         """The run's split (saved, or made and not yet saved), whether it was saved, and its settings."""
         cfg = self.config.data
         meta = {"dataset": cfg.dataset, "split_seed": cfg.split_seed, "val_fraction": cfg.val_fraction,
                 "test_fraction": cfg.test_fraction, "limit_train": cfg.limit_train, "n_source": len(bundle.train),
-                "labels_per_class": cfg.labels_per_class, "labelled_fraction": cfg.labelled_fraction}
+                "labels_per_class": cfg.labels_per_class, "labelled_fraction": cfg.labelled_fraction,
+                "val_labels_per_class": cfg.val_labels_per_class, "labelled_classes": cfg.labelled_classes,
+                "pool_mismatch": cfg.pool_mismatch}
         saved = self.split_file is not None and self.split_file.exists()
         if saved:
             splits = load_splits(self.split_file, meta)
             if cfg.withholds_labels and "labelled" not in splits:
                 raise UserError(f"{self.split_file}: made with every image labelled; use another --out or delete it")
             return splits, True, meta
-        splits = make_splits(bundle.train.targets, bundle.test is not None, cfg.val_fraction,
-                             cfg.test_fraction, cfg.limit_train, cfg.split_seed)
+        return self.new_splits(bundle), False, meta
+
+    def new_splits(self, bundle: DataBundle) -> dict[str, list[int]]:
+        """A fresh split: val (and test) held out over every class; then only the task's images (the
+        others 'outside'), the labelled images, k validation images a class and the pool, each seeded by
+        data.split_seed, so that every arm and seed of a grid sees the same ones."""
+        cfg, targets = self.config.data, bundle.train.targets
+        splits = make_splits(targets, bundle.test is not None, cfg.val_fraction, cfg.test_fraction, cfg.limit_train,
+                             cfg.split_seed)
+        if cfg.labelled_classes:
+            splits = task_splits(splits, task_labels(bundle.classes, cfg.labelled_classes), targets)
         if cfg.withholds_labels:
             train = np.array(splits["train"])
-            kept = labelled_subset(bundle.train.targets[train], cfg.labels_per_class, cfg.labelled_fraction,
-                                   cfg.split_seed, bundle.classes)
+            kept = labelled_subset(targets[train], cfg.labels_per_class, cfg.labelled_fraction, cfg.split_seed,
+                                   bundle.classes)
             splits["labelled"] = train[kept].tolist()
-        return splits, False, meta
+        if cfg.val_labels_per_class is not None:  # a validation set as small as the labelled one (Oliver et al.)
+            val, k = np.array(splits["val"]), cfg.val_labels_per_class
+            splits["val"] = val[per_class_subset(
+                targets[val], k, [cfg.split_seed, 4], bundle.classes, f"data.val_labels_per_class={k}",
+                f"held-out validation images (data.val_fraction={cfg.val_fraction}); raise data.val_fraction")].tolist()
+        if cfg.labelled_classes and cfg.few_labels:
+            splits["pool"] = mismatched_pool(splits, targets, cfg.pool_mismatch, cfg.split_seed)
+        return splits
 
     def check_sizes(self, labelled: ImageSet, pool: int, train: int, bundle: DataBundle) -> None:
         """A training batch larger than its set is capped to the set (one note), so that the defaults
@@ -189,10 +267,12 @@ class FKTDataModule(pl.LightningDataModule):
         if cfg.batch_size > pool:
             what = "the training split" + (" and the unlabelled images" if cfg.unlabelled_root else "")
             capped.append(("data.batch_size", cfg.batch_size, pool, what))
+            cfg.pool_batch_ratio = None  # resolved into the two batches already; a capped one breaks the ratio
             cfg.batch_size = pool
         if cfg.labelled_batch > len(labelled):
             flag = "data.labelled_batch_size" if cfg.labelled_batch_size else "data.batch_size (the labelled batch)"
             capped.append((flag, cfg.labelled_batch, len(labelled), "the labelled set"))
+            cfg.pool_batch_ratio = None
             cfg.labelled_batch_size = len(labelled)
         for flag, wanted, size, what in capped:
             if size < 2:  # batch normalisation, and every SSL objective, needs at least 2 images a batch
@@ -219,6 +299,14 @@ class FKTDataModule(pl.LightningDataModule):
         self.setup()
         labelled = len(self.sets["train"])
         return {"labelled": labelled, "unlabelled": sum(map(len, self.pool)) - labelled if self.pool else 0}
+
+    @property
+    def pool_summary(self) -> dict:
+        """The pool's make-up, for metrics.json: data.pool_mismatch and its images per class (see
+        pool_classes), so that a result can be read against the mismatch it was trained with."""
+        self.setup()
+        classes = pool_classes(PoolTruth(self.pool).truth, self.classes, *self.sources) if self.pool else {}
+        return {"mismatch": self.config.data.pool_mismatch, "classes": classes}
 
     @property
     def rank_and_world(self) -> tuple[int, int]:
@@ -252,13 +340,14 @@ class FKTDataModule(pl.LightningDataModule):
         workers = cfg.num_workers if cfg.num_workers is not None else default_workers(in_memory)
         return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
-    def train_loader(self, stream: str) -> DataLoader:
+    def train_loader(self, stream: str, world: int | None = None) -> DataLoader:
         """A resumable order of (seed, epoch), one shard per rank, full batches only (every contrastive
         batch the same size, every rank the same steps). `stream`: what the method trains on: the
         labelled set, the pool of every training image (SSL), or both at once (functional). With few
-        labels an epoch of every stream is one pass over the pool (see JointBatchSampler)."""
+        labels an epoch of every stream is one pass over the pool (see JointBatchSampler). `world`: the
+        rank count to plan for before a trainer is attached (its length is then any rank's steps an epoch)."""
         self.setup()
-        rank, world = self.rank_and_world
+        rank, world = self.rank_and_world if world is None else (0, world)
         labelled, seed = self.sets["train"], self.config.seed
         pool = ConcatDataset(self.pool) if self.pool else labelled
         options = {**self.options([labelled, *self.pool]), "generator": torch.Generator().manual_seed(seed)}
@@ -270,7 +359,7 @@ class FKTDataModule(pl.LightningDataModule):
         sampler = JointBatchSampler(EpochSampler(len(pool), seed, rank, world), batch, len(labelled),
                                     self.config.data.labelled_batch, offset=len(pool) if joint else 0,
                                     with_pool=joint)
-        return ResumableLoader(ConcatDataset([pool, labelled]) if joint else labelled, batch_sampler=sampler,
+        return ResumableLoader(ConcatDataset([PoolTruth(self.pool), labelled]) if joint else labelled, batch_sampler=sampler,
                                collate_fn=JointCollate(batch) if joint else default_collate, **options)
 
     def train_dataloader(self) -> DataLoader:

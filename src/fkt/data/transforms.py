@@ -148,7 +148,11 @@ class WeakView(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        x, g = to_float(images), generator
+        return self.normalize(self.flip_shift(to_float(images), generator))
+
+    def flip_shift(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        """The flip and the whole-pixel shift of a [0, 1] batch, before normalisation (the strong view
+        starts from it too, `fkt.data.strong`)."""
         n, _, height, width = x.shape
         dev = x.device
         flip = torch.where(torch.rand(n, device=dev, generator=g) < 0.5, -1.0, 1.0)
@@ -159,7 +163,7 @@ class WeakView(nn.Module):
         theta = torch.zeros(n, 2, 3, device=dev)
         theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = flip, dx, 1.0, dy
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return self.normalize(F.grid_sample(x, grid, mode="nearest", padding_mode="reflection", align_corners=False))
+        return F.grid_sample(x, grid, mode="nearest", padding_mode="reflection", align_corners=False)
 
 
 def denormalize(batch: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ MODULES["simclr"] = Pretrain  # the pretraining stage's name in checkpoints befo
 class Stage:
     name: str
     module: type[Method]
-    epochs: int
+    epochs: int | float  # a fraction ends mid-epoch (fkt.engine.stage_steps)
     init_from: str | None = None  # stage whose final backbone this one starts from
     freeze_backbone: bool = False
 

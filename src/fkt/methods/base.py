@@ -21,13 +21,14 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from fkt import optim
-from fkt.callbacks import LearningCheck, NaNGuard, StepSeed
+from fkt.callbacks import EndMidEpoch, LearningCheck, MovingAverage, NaNGuard, StepSeed
 from fkt.checkpointing import load_run_state, save_run_state
 from fkt.config import Config, OptimizerConfig
 from fkt.data import image_side
 from fkt.learning import LossTrack
 from fkt.models import build_backbone, classifier_head, compile_backbone
 from fkt.objectives import classification_loss, weighted_total
+from fkt.pseudo import build_pseudo_label
 from fkt.ssl import build_objective
 from fkt.step import StepContext
 
@@ -41,7 +42,6 @@ class Method(pl.LightningModule):
     uses_ssl = False
     trains_classifier = True
     train_data = "labelled"  # or "pool" (every training image, labels unused) or "joint" (both, per step)
-    loss_weights: dict[str, float] = {}
 
     def __init__(self, config: dict[str, Any], num_classes: int, classes: list[str] | None = None,
                  freeze_backbone: bool = False) -> None:
@@ -55,10 +55,15 @@ class Method(pl.LightningModule):
         self.classifier = classifier_head(self.feat_dim, num_classes)
         # the SSL objective's heads, loss and teacher (fkt.ssl); the same part in either method
         self.ssl = build_objective(cfg, self.backbone, self.feat_dim) if self.uses_ssl else None
+        # a pseudo-label term on the pool (fkt.pseudo), where the arm adds one: the step then reads the pool too
+        self.pseudo = build_pseudo_label(cfg.method) if self.trains_classifier else None
+        if self.pseudo is not None:
+            self.train_data = "joint"
         self.context = StepContext(self.backbone, image_side(cfg), self.memory_format)
         # the context's view makers as children too, so they move and cast with the module (64-true);
         # `normalize` is also inference's input: the image as the views are normalised
         self.views, self.weak, self.normalize = self.context.simclr, self.context.weak_view, self.context.normalize
+        self.strong = self.context.strong_view
         # Validation metrics as torchmetrics states (non-persistent: no checkpoint keys), summed over
         # the DDP ranks at the epoch's end: exact whatever the size of each rank's shard.
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -70,8 +75,9 @@ class Method(pl.LightningModule):
 
     # --- what a method defines -------------------------------------------------------
     def losses(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
-        """The step's loss terms on its batch: (images, targets), or (pool, images, targets) where some
-        training images are unlabelled and the SSL term reads every one of them."""
+        """The step's loss terms on its batch: (images, targets), or (pool, pool truth, images, targets)
+        where some training images are unlabelled (the SSL and pseudo-label terms read the pool; its
+        truth, the withheld classes, feeds a diagnostic alone, see `fkt.pseudo`)."""
         raise NotImplementedError
 
     def trainable(self) -> list[nn.Module]:
@@ -95,9 +101,17 @@ class Method(pl.LightningModule):
             features = ctx.encode(ctx.weak(images) if kind == "weak" else ctx.clean(images), "ce")
         return classification_loss(self.classifier(features), targets)
 
+    def pseudo_terms(self, ctx: StepContext, pool: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The pseudo-label term on the step's pool batch, where the arm adds one; else none."""
+        return {} if self.pseudo is None else {"pl": self.pseudo(ctx, self.classifier, *pool)}
+
+    def supervised_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The classifier's side of the loss: the cross-entropy plus the weighted pseudo-label term."""
+        return weighted_total({k: v for k, v in terms.items() if k != "ssl"}, {"pl": self.cfg.method.pl_weight})
+
     def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The loss the step optimises; the functional method fuses its two terms its own way."""
-        return weighted_total(terms, self.loss_weights)
+        """The loss the step optimises; the functional method fuses its SSL and supervised sides its own way."""
+        return terms["ssl"] if "ssl" in terms and len(terms) == 1 else self.supervised_loss(terms)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits for normalised images (inference, Grad-CAM)."""
@@ -118,7 +132,11 @@ class Method(pl.LightningModule):
 
     # --- Lightning hooks ----------------------------------------------------------------
     def configure_callbacks(self) -> list[pl.Callback]:
-        return [StepSeed(), NaNGuard(), LearningCheck()]
+        # validation, best.ckpt and the stage's end see the weights' moving average where one is asked for
+        # (a stage that trains the classifier: SSL pretraining is never evaluated)
+        ema = self.cfg.method.ema_decay if self.trains_classifier else None
+        averaging = [MovingAverage(decay=ema)] if ema is not None else []
+        return [StepSeed(), NaNGuard(), LearningCheck(), EndMidEpoch(), *averaging]
 
     def setup(self, stage: str) -> None:
         """Before the strategy wraps the model (DDP needs requires_grad settled by then)."""
@@ -167,6 +185,7 @@ class Method(pl.LightningModule):
         sync = self.context.world_size > 1
         self.log_dict({f"train/{k}": v for k, v in detached.items()}, batch_size=batch_size, sync_dist=sync)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size, sync_dist=sync)
+        self.log_dict(self.context.diagnostics, on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=sync)
         # a CPU tensor (a Python number is copied to the GPU, a copy that waits for it); float64 keeps it exact
         self.log("compute/image_passes", torch.tensor(self.image_passes, dtype=torch.float64),
                  on_step=True, on_epoch=False, batch_size=batch_size)
@@ -189,10 +208,18 @@ class Method(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return optim.configure(self.cfg.optim, self.optimizer_settings(), self.trainable_parameters(), self.global_batch,
-                               lambda: (int(self.trainer.estimated_stepping_batches), self.trainer.max_epochs))
+                               self.stage_length)
+
+    def stage_length(self) -> tuple[int, float]:
+        """(optimizer steps, epochs) of the stage, a fraction where it ends mid-epoch (`trainer.epochs`)."""
+        total = int(self.trainer.estimated_stepping_batches)  # first: it sets up the loaders it counts
+        return total, total / max(1, self.trainer.num_training_batches)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         save_run_state(self, checkpoint)
+        for callback in self.trainer.callbacks if self._trainer is not None else []:
+            if isinstance(callback, MovingAverage):
+                callback.into_weights_only(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         load_run_state(self, checkpoint)

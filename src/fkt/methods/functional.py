@@ -24,18 +24,17 @@ class Functional(Method):
         self._terms: dict[str, torch.Tensor] | None = None  # this step's, for backward
         self._grad_cosine: torch.Tensor | None = None
 
-    @property
-    def loss_weights(self):
-        return {"ce": self.cfg.method.lambda_ce}
-
     def losses(self, ctx, batch):
         *pool, images, targets = batch
         if pool:  # some training images are unlabelled: the SSL term's own batch of every image
-            return {"ssl": self.ssl(ctx, pool[0])[0], "ce": self.ce_term(ctx, images, targets)}
+            return {"ssl": self.ssl(ctx, pool[0])[0], "ce": self.ce_term(ctx, images, targets),
+                    **self.pseudo_terms(ctx, pool)}
         ssl, view_features = self.ssl(ctx, images, targets)
         return {"ssl": ssl, "ce": self.ce_term(ctx, images, targets, view_features)}
 
     def combine(self, terms):
+        # the rules fuse the SSL term with the supervised side (cross-entropy, and pseudo-labels where added)
+        terms = {"ssl": terms["ssl"], "ce": self.supervised_loss(terms)}
         self._terms = terms  # backward takes them apart again
         epoch = self.context.epoch
         if self.log_step:

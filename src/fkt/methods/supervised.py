@@ -1,4 +1,5 @@
-"""Cross-entropy only: the baseline, and the fine-tuning stage of representational transfer."""
+"""Cross-entropy: the baseline, and the fine-tuning stage of representational transfer; with a
+pseudo-label term on the pool (`method.pseudo_label`), FixMatch."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ class Supervised(Method):
     name = "supervised"
 
     def losses(self, ctx, batch):
-        images, targets = batch
-        return {"ce": self.ce_term(ctx, images, targets)}
+        *pool, images, targets = batch
+        return {"ce": self.ce_term(ctx, images, targets), **self.pseudo_terms(ctx, pool)}
 
     def trainable(self):
         return [self.classifier] if self.freeze_backbone else [self.backbone, self.classifier]

@@ -20,7 +20,13 @@ EXTRA = (("knn_accuracy", "k-NN %", "k-NN accuracy of the frozen backbone"),
          ("ece", "ECE %", "expected calibration error (lower is better)"))
 # Which arm is compared with which, in this order, where both are in the results.
 COMPARISONS = (("functional", "representational"), ("functional", "supervised"),
-               ("functional", "supervised-matched"), ("representational", "supervised-matched"))
+               ("functional", "supervised-matched"), ("representational", "supervised-matched"),
+               # with pseudo-labels: every arm against FixMatch, and the FixMatch arms against supervised-matched
+               ("functional", "fixmatch"), ("representational", "fixmatch"), ("functional+fixmatch", "fixmatch"),
+               ("representational+fixmatch", "fixmatch"), ("fixmatch", "supervised-matched"),
+               ("functional+fixmatch", "supervised-matched"), ("representational+fixmatch", "supervised-matched"),
+               ("functional+fixmatch", "functional"))
+UNMATCHED = ("functional", "supervised")  # the arms the grid does not match to the functional cell's passes
 
 
 def arm_of(run: dict) -> str:
@@ -36,6 +42,8 @@ def flat_row(run: dict) -> dict:
     row = {"dataset": run["dataset"], **{k: csv_value(v) for k, v in axes_of(run).items()}, "arm": arm_of(run),
            "method": run["method"], "seed": run["seed"], "backbone": run.get("backbone", ""),
            "val_accuracy": run["val"]["accuracy"]}
+    if (run.get("pool") or {}).get("mismatch"):  # a class mismatch in the pool (Oliver et al.); none: no column
+        row["pool_mismatch"] = run["pool"]["mismatch"]
     row.update({m: run["test"][m] for m in METRICS + ("qwk", "ece", "nll") if m in run["test"]})
     row.update({f"{k}_accuracy" if k == "knn" else f"{k}_probe_accuracy": v for k, v in run.get("probes", {}).items()})
     if "corruptions" in run:
@@ -99,7 +107,10 @@ def results_table(runs: list[dict]) -> str:
     groups, keys, warned = grouped(runs), axis_keys(runs), warned_groups(runs)
     ordinal = any("qwk" in r for rows in groups.values() for r in rows)
     paper = {key: paper_figures(key[0], key[2], rows[0]["backbone"]) for key, rows in groups.items()}
-    head = ["dataset", *keys, "arm", "n", "accuracy %", "precision %", "recall %", "F1 %"]
+    # the pool's class mismatch, where a run has one and no axis shows it already
+    mismatch = "data.pool_mismatch" not in keys and any("pool_mismatch" in r for rows in groups.values() for r in rows)
+    head = ["dataset", *keys, *(["pool mismatch"] if mismatch else []), "arm", "n", "accuracy %", "precision %",
+            "recall %", "F1 %"]
     head += ["QWK %"] if ordinal else []
     extra = [(key, column) for key, column, _ in EXTRA if any(key in r for rows in groups.values() for r in rows)]
     head += [column for _, column in extra]
@@ -107,7 +118,8 @@ def results_table(runs: list[dict]) -> str:
     head += ["paper accuracy %"] if any(paper.values()) else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (dataset, axes, arm), rows in groups.items():
-        cells = [dataset, *axis_cells(axes, keys), arm_cell((dataset, axes, arm), warned), str(len(rows))]
+        cells = [dataset, *axis_cells(axes, keys), *([axis_text(rows[0].get("pool_mismatch", 0))] if mismatch else []),
+                 arm_cell((dataset, axes, arm), warned), str(len(rows))]
         cells += [mean_std([r[m] for r in rows]) for m in METRICS]
         if ordinal:
             cells.append(mean_std([r["qwk"] for r in rows]) if "qwk" in rows[0] else "")
@@ -202,11 +214,11 @@ def copies_note(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-MATCH_TOLERANCE = 0.05  # planned epochs are whole numbers: a few per cent apart is the rounding, not a mismatch
+MATCH_TOLERANCE = 0.05  # a matched stage ends at the nearest step: a few per cent apart is that rounding, not a mismatch
 
 
 def unmatched_note(runs: list[dict]) -> str:
-    """Matched cells (supervised-matched, representational) whose image passes are more than MATCH_TOLERANCE
+    """Matched cells (every arm but UNMATCHED's) whose image passes are more than MATCH_TOLERANCE
     from the functional cell's of the same dataset, axis values and seed. The grid plans the matched arms from the configured batches; a run that had to cap
     a batch to its data (a note in its data_notes) trains other batches, so its arms can drift apart."""
     functional = {(r["dataset"], frozen(axes_of(r)), r["seed"]): r["compute"]["image_passes"]
@@ -215,7 +227,7 @@ def unmatched_note(runs: list[dict]) -> str:
     for run in runs:
         base = functional.get((run["dataset"], frozen(axes_of(run)), run["seed"]))
         mine = run["compute"]["image_passes"]
-        if arm_of(run) in ("supervised-matched", "representational") and base and abs(mine - base) > MATCH_TOLERANCE * base:
+        if arm_of(run) not in UNMATCHED and base and abs(mine - base) > MATCH_TOLERANCE * base:
             drifted.append(f"- {run_label(run)}: {mine:,} image passes against the functional cell's {base:,}")
     if not drifted:
         return ""

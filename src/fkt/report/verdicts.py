@@ -11,11 +11,16 @@ from fkt.report.tables import WARNED, paired_tests, warned_groups
 
 
 def chosen_tests(runs: list[dict]) -> list[tuple[str, tuple, str, str, dict]]:
-    """Functional against each other arm; where a dataset and axis values have no functional arm,
-    the other comparisons there, so that every report opens with its verdicts."""
+    """Functional against each other arm, and every arm against FixMatch (the few-label field's standard);
+    where a dataset and axis values have neither, the other comparisons there, so that every report
+    opens with its verdicts."""
     tests = paired_tests(runs, "accuracy")
-    with_functional = {(d, x) for d, x, a, b, _ in tests if "functional" in (a, b)}
-    return [t for t in tests if "functional" in t[2:4] or t[:2] not in with_functional]
+
+    def central(test: tuple) -> bool:
+        return "functional" in test[2:4] or test[3] == "fixmatch"
+
+    with_central = {t[:2] for t in tests if central(t)}
+    return [t for t in tests if central(t) or t[:2] not in with_central]
 
 
 def sentence(a: str, b: str, test: dict) -> str:
