@@ -12,7 +12,7 @@ import pickle
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,13 @@ from fkt.bench import IMPLS, METHODS, extrapolate_seconds, format_table, run_ben
 from fkt.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-PASSES = {"supervised": 1, "simclr": 2, "functional-clean": 3, "functional-view": 2}
+BATCH, LABELLED = 8, 4  # the tiny bench's batch; the pseudo-label rows' labelled batch, B // 2
+# image passes a step at batch 8 (SimCLR): the pseudo-label rows pass the pool twice (weak and strong
+# view) and the labelled batch once, functional-fixmatch the SSL term's two views of the pool besides
+PASSES = {"supervised": BATCH, "simclr": 2 * BATCH, "functional-clean": 3 * BATCH, "functional-view": 2 * BATCH,
+          "fixmatch": 2 * BATCH + LABELLED, "functional-fixmatch": 2 * BATCH + LABELLED + 2 * BATCH}
+JOINT = ("fixmatch", "functional-fixmatch")  # a step reads the pool and a labelled batch
+IMAGES = {m: BATCH + LABELLED if m in JOINT else BATCH for m in PASSES}  # images a step reads
 
 
 def bench_args(out: Path | None, **overrides) -> argparse.Namespace:
@@ -35,8 +41,8 @@ def bench_args(out: Path | None, **overrides) -> argparse.Namespace:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
-    """One tiny bench of all four methods, both implementations. Measured in this process, to spare
-    eight interpreter start-ups; the spawned-process path runs in the GPU-check test below."""
+    """One tiny bench of every method, both implementations. Measured in this process, to spare
+    twelve interpreter start-ups; the spawned-process path runs in the GPU-check test below."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(bench, "measure_in_fresh_process", lambda method, impl, s: bench.measure(method, impl, asdict(s)))
@@ -60,7 +66,8 @@ def test_figures_are_positive_and_finite(report):
     for r in report["results"]:
         for key in ("step_ms", "images_per_s", "passes_per_s", "peak_mb", "peak_rss_mb", "first_loss"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["method"], r["impl"], key, r[key])
-        assert r["images_per_s"] == pytest.approx(8 / (r["step_ms"] / 1e3))
+        assert r["images_per_step"] == IMAGES[r["method"]]  # pool + labelled for the joint rows, in both
+        assert r["images_per_s"] == pytest.approx(IMAGES[r["method"]] / (r["step_ms"] / 1e3))
         assert len(r["step_ms_repeats"]) == 1 and len(r["step_ms_all"]) == 1 + 2  # warm-up + timed steps
         assert r["peak_gpu_mb"] is None and r["peak_memory_kind"] == "process max RSS"
         assert r["channels_last"] is True
@@ -69,8 +76,10 @@ def test_figures_are_positive_and_finite(report):
 @pytest.mark.slow
 def test_passes_per_image(report):
     for (method, impl), r in rows(report).items():
-        assert r["passes_per_image"] == PASSES[method], (method, impl)  # what the step counted
-        assert r["passes_per_s"] == pytest.approx(r["images_per_s"] * PASSES[method])
+        assert r["passes_per_step"] == PASSES[method], (method, impl)  # what the step counted, the same in both
+        assert r["passes_per_image"] == pytest.approx(PASSES[method] / IMAGES[method]), (method, impl)
+        assert r["passes_per_s"] == pytest.approx(r["images_per_s"] * PASSES[method] / IMAGES[method])
+    assert rows(report)[("supervised", "fkt")]["passes_per_image"] == 1  # the old rows: per image as before
 
 
 @pytest.mark.slow
@@ -99,15 +108,20 @@ def test_ratios_environment_and_table(report):
         "cpu", "32-true", 8, 16, "resnet-tiny")
     table = format_table(report)
     assert "| method | impl | step ms | images/s | passes/s | peak MB | fkt/bare |" in table
-    assert table.count("| fkt |") == 4 and "functional-view / simclr step time" in table
+    assert table.count("| fkt |") == len(PASSES) and "functional-view / simclr step time" in table
+    assert "fixmatch, functional-fixmatch: joint batches of 8 pool + 4 labelled images a step" in table
+    assert env["labelled_batch_size"] == LABELLED
     assert "SSL objective: simclr" in table and env["ssl"] == "simclr" and "teacher fwd/s" not in table
     assert all(r["teacher_forwards_per_image_counted"] == 0 for r in report["results"])  # SimCLR has no teacher
 
 
-# (method, objective, images through the backbone and through a teacher per dataset image): MoCo encodes
-# one view through the student and the other through the teacher
-SAME_STEP_CASES = [("functional-clean", "simclr", 3, 0), ("functional-view", "byol", 2, 2), ("simclr", "byol", 2, 2),
-                   ("functional-clean", "moco", 2, 1)]
+# (method, objective, images through the backbone and through a teacher a step at batch 8): MoCo encodes
+# one view through the student and the other through the teacher; the pseudo-label rows read 8 pool
+# and 4 labelled images (their teacher, BYOL's, sees the pool's two views)
+SAME_STEP_CASES = [("functional-clean", "simclr", 24, 0), ("functional-view", "byol", 16, 16),
+                   ("simclr", "byol", 16, 16), ("functional-clean", "moco", 16, 8),
+                   ("fixmatch", "simclr", PASSES["fixmatch"], 0),
+                   ("functional-fixmatch", "simclr", PASSES["functional-fixmatch"], 0)]
 
 
 @pytest.mark.parametrize("method, ssl, passes, teacher", SAME_STEP_CASES)
@@ -135,10 +149,42 @@ def test_same_losses_in_process(method, ssl, passes, teacher, monkeypatch):
     assert bare["steps_run"] == 3 and fkt["steps_run"] == 4  # fkt's last step only closes the clock
     assert fkt["losses"][0] == pytest.approx(bare["losses"][0], rel=1e-6)
     assert fkt["losses"][:3] == pytest.approx(bare["losses"], rel=1e-4)
-    assert fkt["image_passes"] / 4 == bare["image_passes"] / 3 == 8 * passes
-    assert fkt["teacher_forwards"] / 4 == bare["teacher_forwards"] / 3 == 8 * teacher
+    assert fkt["image_passes"] / 4 == bare["image_passes"] / 3 == passes
+    assert fkt["teacher_forwards"] / 4 == bare["teacher_forwards"] / 3 == teacher
     assert fkt_schedule[:len(schedule)] == schedule and len(schedule) == (3 if teacher else 0)
     assert len(fkt["stamps"]) == len(bare["stamps"]) == 4
+
+
+def test_the_pseudo_label_rows_read_joint_batches():
+    """fixmatch and functional-fixmatch: FixMatch's term, few labels, and the joint 4-tuple of B pool
+    images (with their truth) and B // 2 labelled ones, cycled and sliced as the plain batches; the
+    pool is the plain rows' batch, which the joint draw leaves as it was."""
+    import torch
+
+    settings = bench.settings_from_args(bench_args(None, methods="fixmatch,functional-fixmatch"))
+    assert settings.methods == JOINT
+    for method in JOINT:
+        config = bench.bench_config(method, settings)
+        assert METHODS[method].joint and config.method.pseudo_label == "fixmatch"
+        assert config.method.pl_threshold == type(config.method).model_fields["pl_threshold"].default
+        assert config.data.few_labels and (config.data.batch_size, config.data.labelled_batch) == (BATCH, LABELLED)
+        assert bench.images_per_step(method, settings) == BATCH + LABELLED
+    for method in PASSES:
+        if method not in JOINT:  # the old rows' configs: no pool, one batch
+            config = bench.bench_config(method, settings)
+            assert config.method.pseudo_label == "none" and not config.data.few_labels
+            assert bench.images_per_step(method, settings) == BATCH
+    assert bench.bench_config("functional-fixmatch", settings).method.name == "functional"
+    assert bench.bench_config("fixmatch", settings).method.name == "supervised"
+    cpu, settings = torch.device("cpu"), replace(settings, steps=6)  # past DISTINCT_BATCHES: the cycle shows
+    plain, joint = list(bench.synthetic_loader(settings, cpu)), list(bench.synthetic_loader(settings, cpu, joint=True))
+    assert len(plain) == len(joint) == settings.total_steps + 1
+    for i, (pair, quad) in enumerate(zip(plain, joint)):
+        assert [tuple(x.shape) for x in quad] == [(BATCH, 3, 16, 16), (BATCH,), (LABELLED, 3, 16, 16), (LABELLED,)]
+        assert torch.equal(quad[0], pair[0]) and torch.equal(quad[1], pair[1])
+        if i >= bench.DISTINCT_BATCHES:
+            assert all(torch.equal(a, b) for a, b in zip(quad, joint[i - bench.DISTINCT_BATCHES]))
+    assert not torch.equal(joint[0][2], joint[1][2])
 
 
 def test_the_table_names_the_objective_and_counts_teacher_forwards():
@@ -172,8 +218,8 @@ def test_the_compile_mode_reaches_torch_compile_in_fkt_and_the_bare_loop(monkeyp
 
 
 def test_bad_settings_are_one_line_errors():
-    for overrides in ({"methods": "supervised,dino"}, {"precision": "8-true"}, {"device": "tpu"},
-                      {"steps": 0}, {"batch_size": 1}, {"ssl": "nope"}):
+    for overrides in ({"methods": "supervised,dino"}, {"methods": "fixmatch,functional-fixmatch,mixmatch"},
+                      {"precision": "8-true"}, {"device": "tpu"}, {"steps": 0}, {"batch_size": 1}, {"ssl": "nope"}):
         with pytest.raises(UserError):
             run_bench(bench_args(None, **overrides))
 

@@ -155,6 +155,9 @@ def test_a_grid_of_pseudo_label_arms_matches_every_arm_to_the_functional_passes_
         metrics = json.loads((run_dir / "metrics.json").read_text())
         passes[metrics["arm"]] = metrics["compute"]["image_passes"]
     assert passes == dict.fromkeys(planned, 180)
+    assert (tmp_path / "grid" / "figures" / "fashion-mnist-pseudo-labels.png").stat().st_size > 10_000
+    report = (tmp_path / "grid" / "results.md").read_text()
+    assert "functional+fixmatch" in report and "fixmatch" in (tmp_path / "grid" / "report.md").read_text()
     assert math.isclose(json.loads((tmp_path / "grid" / "runs" / next(
         d.name for d in (tmp_path / "grid" / "runs").iterdir() if "functional+fixmatch" in d.name) / "metrics.json"
     ).read_text())["compute"]["stages"]["train"]["steps"], 5)

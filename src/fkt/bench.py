@@ -30,12 +30,25 @@ Threads: torch's default (the CPU count) unless OMP_NUM_THREADS says otherwise; 
 shared with other busy processes, two OpenMP threads on two cores can be several times
 slower than one, so note the load average printed with the table.
 
+The rows (`METHODS`), with their image passes a step (images through the backbone, with SimCLR;
+B = `--batch-size`):
+
+- supervised: the cross-entropy on B images, B passes (1 per image);
+- simclr: the SSL pretraining step on B images, 2B (its two views);
+- functional-clean: SSL + cross-entropy on the clean image, 3B;
+- functional-view: SSL + cross-entropy on the SSL view's features, 2B;
+- fixmatch: the supervised module with FixMatch's pseudo-label term (`method.pseudo_label`), on a
+  joint batch: B pool images and a labelled batch of B // 2 (mu = 2, as the few-labels-ssl preset):
+  B // 2 (the cross-entropy) + 2B (the pool's weak and strong views, in one batch);
+- functional-fixmatch: the functional module with few labels and the FixMatch term, on the same
+  joint batch: the SSL term's two views of the pool (2B) + B // 2 + 2B.
+
 Figures per (method, impl): step time (per repeat: the mean of `steps` consecutive step
 intervals after `warmup` untimed steps; reported: the median over `repeats`), images/s
-(dataset images, `batch / step`), image passes/s (images through the backbone, as the step counted
-them: with SimCLR supervised 1 per image, simclr 2, functional-clean 3, functional-view 2), teacher forwards/s
-(images through a momentum teacher, forward only, where the objective has one) and peak memory;
-per method the fkt/bare throughput ratio; and the functional-view / simclr step-time ratio.
+(the images a step reads, over the step time: B, or B + B // 2 for the joint rows), image passes/s
+(as the step counted them), teacher forwards/s (images through a momentum teacher, forward only,
+where the objective has one) and peak memory; per method the fkt/bare throughput ratio; and the
+functional-view / simclr step-time ratio.
 
 `--ssl NAME` picks the SSL objective (default simclr). The method labels stay those of SimCLR's
 days: "simclr" is the SSL pretraining step with whichever objective `--ssl` names, and the
@@ -72,9 +85,13 @@ IMPLS = ("bare", "fkt")
 
 @dataclass(frozen=True)
 class MethodSpec:
-    module: str            # key of fkt.methods.MODULES
-    config_method: str     # method.name in the Config
-    classifier_input: str  # method.classifier_input
+    module: str                 # key of fkt.methods.MODULES
+    config_method: str          # method.name in the Config
+    classifier_input: str       # method.classifier_input
+    pseudo_label: str = "none"  # method.pseudo_label (fkt.pseudo)
+    # the joint batch: (pool, pool truth, labelled images, targets), B pool images and B // 2
+    # labelled (few labels, as a pseudo-label term needs); else (images, targets), B of each
+    joint: bool = False
 
     @property
     def ssl(self) -> bool:
@@ -87,7 +104,19 @@ METHODS: dict[str, MethodSpec] = {
     "simclr": MethodSpec("pretrain", "representational", "clean"),
     "functional-clean": MethodSpec("functional", "functional", "clean"),
     "functional-view": MethodSpec("functional", "functional", "view"),
+    "fixmatch": MethodSpec("supervised", "supervised", "clean", pseudo_label="fixmatch", joint=True),
+    "functional-fixmatch": MethodSpec("functional", "functional", "clean", pseudo_label="fixmatch", joint=True),
 }
+
+
+def labelled_batch(s: "Settings") -> int:
+    """The joint rows' labelled images a step: B // 2 (FixMatch's mu = 2, as the few-labels-ssl preset)."""
+    return max(1, s.batch_size // 2)
+
+
+def images_per_step(method: str, s: "Settings") -> int:
+    """The images a step reads: the batch, or the pool's and the labelled batch for a joint row."""
+    return s.batch_size + labelled_batch(s) if METHODS[method].joint else s.batch_size
 
 
 @dataclass(frozen=True)
@@ -168,12 +197,21 @@ def bench_config(method: str, s: Settings):
     trainer = {"accelerator": accelerator, "devices": devices, "precision": s.precision, "progress_bar": False,
                "epochs": 1, "pretrain_epochs": 1, "compile": s.compile, "compile_mode": s.compile_mode,
                "sync_batchnorm": False}
+    # no logged gradient cosine: its extra backward on log steps is a measurement the bare loop
+    # does not make (its cost is in the README), not fkt's overhead
+    method_cfg = {"name": spec.config_method, "classifier_input": spec.classifier_input, "ssl": s.ssl,
+                  "grad_cosine": False}
+    data = {"image_size": s.image_size, "batch_size": s.batch_size}
+    if spec.pseudo_label != "none":
+        # pl_threshold at its default: however few images pass it on random data, the step's work is the same
+        method_cfg["pseudo_label"] = spec.pseudo_label
+    if spec.joint:
+        # few labels: labels_per_class only marks them (the bench reads no dataset, so its value is
+        # never used); the labelled batch is B // 2 beside the B pool images
+        data.update(labels_per_class=1, labelled_batch_size=labelled_batch(s))
     return build_config({
-        # no logged gradient cosine: its extra backward on log steps is a measurement the bare loop
-        # does not make (its cost is in the README), not fkt's overhead
-        "method": {"name": spec.config_method, "classifier_input": spec.classifier_input, "ssl": s.ssl,
-                   "grad_cosine": False},
-        "data": {"image_size": s.image_size, "batch_size": s.batch_size},
+        "method": method_cfg,
+        "data": data,
         "model": {"backbone": s.backbone, "stem": s.stem},
         "trainer": trainer,
         "seed": s.seed,
@@ -195,11 +233,13 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)  # every device's generator too
 
 
-def synthetic_loader(s: Settings, device):
+def synthetic_loader(s: Settings, device, joint: bool = False):
     """A DataLoader over a fixed in-memory dataset of random uint8 images on `device`.
 
     Item i is batch i (cycling over DISTINCT_BATCHES different ones), so a fetch is a slice,
-    the same in both implementations; `batch_size=None` leaves it as it is."""
+    the same in both implementations; `batch_size=None` leaves it as it is. `joint`: the joint
+    step's (pool, pool truth, labelled images, targets), the pool and its truth the images and
+    targets of the plain batch, the labelled batch (`labelled_batch`) drawn after them."""
     import torch
     from torch.utils.data import DataLoader, Dataset
 
@@ -207,6 +247,11 @@ def synthetic_loader(s: Settings, device):
     n = DISTINCT_BATCHES * s.batch_size
     images = torch.randint(0, 256, (n, 3, s.image_size, s.image_size), dtype=torch.uint8, generator=gen).to(device)
     targets = torch.randint(0, s.num_classes, (n,), generator=gen).to(device)
+    if joint:  # drawn after the plain batch's, which stays as it was
+        m = labelled_batch(s)
+        labelled = torch.randint(0, 256, (DISTINCT_BATCHES * m, 3, s.image_size, s.image_size), dtype=torch.uint8,
+                                 generator=gen).to(device)
+        labels = torch.randint(0, s.num_classes, (DISTINCT_BATCHES * m,), generator=gen).to(device)
 
     class Batches(Dataset):
         def __len__(self) -> int:
@@ -214,6 +259,10 @@ def synthetic_loader(s: Settings, device):
 
         def __getitem__(self, i: int):
             lo = (i % DISTINCT_BATCHES) * s.batch_size
+            if joint:
+                at = (i % DISTINCT_BATCHES) * m
+                return (images[lo:lo + s.batch_size], targets[lo:lo + s.batch_size],
+                        labelled[at:at + m], labels[at:at + m])
             return images[lo:lo + s.batch_size], targets[lo:lo + s.batch_size]
 
     return DataLoader(Batches(), batch_size=None, shuffle=False, num_workers=0)
@@ -270,7 +319,7 @@ def run_fkt(method: str, s: Settings, device) -> dict[str, Any]:
         limit_val_batches=0,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, train_dataloaders=synthetic_loader(s, device))
+    trainer.fit(module, train_dataloaders=synthetic_loader(s, device, METHODS[method].joint))
     sync(device)
     return {"stamps": clock.stamps[: s.total_steps + 1], "losses": [float(x) for x in clock.losses],
             "image_passes": module.image_passes, "teacher_forwards": module.context.teacher_forwards,
@@ -309,7 +358,7 @@ def run_bare(method: str, s: Settings, device) -> dict[str, Any]:
 
     stamps: list[float] = []
     losses: list[torch.Tensor] = []
-    for i, batch in enumerate(synthetic_loader(s, device)):
+    for i, batch in enumerate(synthetic_loader(s, device, METHODS[method].joint)):
         sync(device)
         stamps.append(time.perf_counter())
         if i == s.total_steps:
@@ -337,7 +386,8 @@ def run_bare(method: str, s: Settings, device) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- one measurement
 
-def summarize(stamps: list[float], s: Settings) -> dict[str, Any]:
+def summarize(stamps: list[float], s: Settings, images: int | None = None) -> dict[str, Any]:
+    """`images`: those a step reads (default the batch)."""
     intervals = [b - a for a, b in zip(stamps, stamps[1:])]
     if len(intervals) < s.total_steps:
         raise RuntimeError(f"recorded {len(intervals)} step intervals, expected {s.total_steps}")
@@ -345,7 +395,7 @@ def summarize(stamps: list[float], s: Settings) -> dict[str, Any]:
     blocks = [timed[r * s.steps:(r + 1) * s.steps] for r in range(s.repeats)]
     per_repeat = [sum(b) / len(b) for b in blocks]
     step = statistics.median(per_repeat)
-    images_per_s = s.batch_size / step
+    images_per_s = (s.batch_size if images is None else images) / step
     return {
         "step_ms": step * 1e3,
         "step_ms_repeats": [x * 1e3 for x in per_repeat],
@@ -367,16 +417,19 @@ def measure(method: str, impl: str, settings: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
     run = run_fkt if impl == "fkt" else run_bare
     raw = run(method, s, device)
-    out = summarize(raw["stamps"], s)
+    per_step = images_per_step(method, s)  # pool + labelled for a joint row, in both implementations
+    out = summarize(raw["stamps"], s, per_step)
     spec = METHODS[method]
-    images_seen = raw["steps_run"] * s.batch_size
+    images_seen = raw["steps_run"] * per_step
     out.update({
         "method": method,
         "impl": impl,
-        # images through the backbone per dataset image, as the step counted them (fkt.step)
+        "images_per_step": per_step,
+        # images through the backbone per image read, as the step counted them (fkt.step)
         "passes_per_image": raw["image_passes"] / images_seen if images_seen else math.nan,
+        "passes_per_step": raw["image_passes"] / raw["steps_run"] if raw["steps_run"] else math.nan,
         "ssl": s.ssl if spec.ssl else None,
-        # images through a momentum teacher per dataset image (forward only), where the objective has one
+        # images through a momentum teacher per image read (forward only), where the objective has one
         "teacher_forwards_per_image_counted": raw["teacher_forwards"] / images_seen if images_seen else math.nan,
         "first_loss": raw["losses"][0] if raw["losses"] else math.nan,
         "losses": raw["losses"],  # every step's total loss, warm-up included
@@ -433,6 +486,7 @@ def environment(s: Settings) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "precision": s.precision,
         "batch_size": s.batch_size,
+        "labelled_batch_size": labelled_batch(s),  # the joint (pseudo-label) rows' labelled images a step
         "image_size": s.image_size,
         "backbone": s.backbone,
         "stem": s.stem,
@@ -510,8 +564,13 @@ def format_table(report: dict[str, Any]) -> str:
         f"after {env['warmup']} warm-up",
         f"SSL objective: {env.get('ssl', 'simclr')} (the simclr and functional rows' SSL term; "
         "'simclr' is the SSL pretraining step)",
-        "",
     ]
+    joint = list(dict.fromkeys(r["method"] for r in report["results"]
+                               if r.get("images_per_step", env["batch_size"]) != env["batch_size"]))
+    if joint:  # images/s counts every image a step reads
+        lines.append(f"{', '.join(joint)}: joint batches of {env['batch_size']} pool + "
+                     f"{env.get('labelled_batch_size')} labelled images a step")
+    lines.append("")
     # a column for a momentum teacher's forwards (no backward), only where one ran
     teacher = any(r.get("teacher_forwards_per_s") for r in report["results"])
     lines += ["| method | impl | step ms | images/s | passes/s | " + ("teacher fwd/s | " if teacher else "")

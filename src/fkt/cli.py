@@ -310,8 +310,9 @@ def build_parser() -> Parser:
     reproduce.set_defaults(func=cmd_reproduce)
 
     bench = sub.add_parser("bench", help="steady-state training throughput of each method, against bare PyTorch")
-    bench.add_argument("--methods", default="supervised,simclr,functional-clean,functional-view",
-                       help="comma-separated: supervised, simclr, functional-clean, functional-view")
+    bench.add_argument("--methods", default="supervised,simclr,functional-clean,functional-view,fixmatch,functional-fixmatch",
+                       help="comma-separated: supervised, simclr, functional-clean, functional-view, fixmatch, "
+                            "functional-fixmatch (the last two on joint batches: the pool and half as many labelled)")
     bench.add_argument("--ssl", default="simclr", choices=list(get_args(SSLObjective)),
                        help="the SSL objective of the simclr (SSL pretraining) and functional steps")
     bench.add_argument("--backbone", default="resnet18")

@@ -65,6 +65,42 @@ def learning_curves(runs: list[dict], run_dirs: list[Path], path: Path, title: s
     save(fig, path)
 
 
+PSEUDO = (("pseudo/mask_rate_step", "mask rate (pool images above the threshold) %"),
+          ("pseudo/accuracy_step", "pseudo-label accuracy (confident, against withheld labels) %"))
+
+
+def pseudo_label_curves(runs: list[dict], run_dirs: list[Path], path: Path, title: str) -> bool:
+    """The pseudo-label term's mask rate and its labels' accuracy against image passes, one line per run
+    and one colour per arm (logged every trainer.log_every_n_steps); False where no run has the term."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colours: dict[str, str] = {}
+    for run, run_dir in zip(runs, run_dirs):
+        stage = "finetune" if run["method"] == "representational" else "train"
+        log = Path(run_dir) / "logs" / stage / "metrics.csv"
+        rows = [r for r in read_rows(log) if r.get(PSEUDO[0][0])] if log.exists() else []
+        if not rows:
+            continue
+        arm = arm_of(run)
+        label = None if arm in colours else arm
+        colour = colours.setdefault(arm, f"C{len(colours)}")
+        for ax, (column, _) in zip(axes, PSEUDO):
+            points = [(float(r["compute/image_passes"]), 100 * float(r[column])) for r in rows
+                      if r.get(column) and r.get("compute/image_passes")]
+            if points:
+                ax.plot(*zip(*points), color=colour, label=label, alpha=0.6)
+    if not colours:
+        plt.close(fig)
+        return False
+    for ax, (_, ylabel) in zip(axes, PSEUDO):
+        ax.set_xlabel("image passes through the backbone (training)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    save(fig, path)
+    return True
+
+
 def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(1 + 0.5 * len(classes), 0.8 + 0.5 * len(classes)))
     ax.imshow(matrix, cmap="Blues")
@@ -80,8 +116,9 @@ def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, ti
 
 
 def grid_figures(out: Path, runs: list[dict], run_dirs: list[Path]) -> list[Path]:
-    """Per dataset: accuracy against each numeric grid axis, learning curves of every run; per arm: the
-    confusion matrix of its lowest seed (at the first axis values)."""
+    """Per dataset: accuracy against each numeric grid axis, learning curves of every run, the pseudo-label
+    curves where some run has the term; per arm: the confusion matrix of its lowest seed (at the first axis
+    values)."""
     out = Path(out) / "figures"
     written = axis_figures(out, runs)
     by_dataset: dict[str, list[int]] = defaultdict(list)
@@ -91,6 +128,9 @@ def grid_figures(out: Path, runs: list[dict], run_dirs: list[Path]) -> list[Path
         path = out / f"{dataset}-learning-curves.png"
         learning_curves([runs[i] for i in idx], [run_dirs[i] for i in idx], path, dataset)
         written.append(path)
+        path = out / f"{dataset}-pseudo-labels.png"
+        if pseudo_label_curves([runs[i] for i in idx], [run_dirs[i] for i in idx], path, f"{dataset}: pseudo-labels"):
+            written.append(path)
         seen = set()
         for i in sorted(idx, key=lambda i: runs[i]["seed"]):
             arm = arm_of(runs[i])
@@ -210,6 +250,9 @@ def finish_axis_plot(ax: plt.Axes, ticks: dict[float, str], log: bool, xlabel: s
     ax.legend()
 
 
+DRAWS = ("data.split_seed", "evaluate.corruption_seed")  # numbers that name a random draw, not a quantity to plot against
+
+
 def axis_figures(folder: Path, runs: list[dict]) -> list[Path]:
     """Per dataset and numeric axis: `<dataset>-accuracy-vs-<axis>.png`."""
     written = []
@@ -217,7 +260,7 @@ def axis_figures(folder: Path, runs: list[dict]) -> list[Path]:
         mine = [run for run in runs if run["dataset"] == dataset and axes_of(run)]
         names = short_names(axis_keys(mine))
         for key in names:
-            if numeric_axis(mine, key):
+            if numeric_axis(mine, key) and key not in DRAWS:
                 path = Path(folder) / f"{dataset}-accuracy-vs-{path_safe(names[key])}.png"
                 accuracy_vs_axis([run for run in mine if key in axes_of(run)], key, path,
                                  f"{dataset}: test accuracy against {key}")

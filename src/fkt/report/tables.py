@@ -106,7 +106,8 @@ def results_table(runs: list[dict]) -> str:
     paper's figures."""
     groups, keys, warned = grouped(runs), axis_keys(runs), warned_groups(runs)
     ordinal = any("qwk" in r for rows in groups.values() for r in rows)
-    paper = {key: paper_figures(key[0], key[2], rows[0]["backbone"]) for key, rows in groups.items()}
+    paper = {key: paper_figures(key[0], key[2], rows[0]["backbone"], rows[0].get("data.labels_per_class"))
+             for key, rows in groups.items()}
     # the pool's class mismatch, where a run has one and no axis shows it already
     mismatch = "data.pool_mismatch" not in keys and any("pool_mismatch" in r for rows in groups.values() for r in rows)
     head = ["dataset", *keys, *(["pool mismatch"] if mismatch else []), "arm", "n", "accuracy %", "precision %",
@@ -129,7 +130,7 @@ def results_table(runs: list[dict]) -> str:
                   f"{statistics.fmean(r['train_seconds'] for r in rows):.0f}"]
         if any(paper.values()):
             figures = paper[(dataset, axes, arm)].get("accuracy")
-            cells.append(f"{figures[0]:.2f} ± {figures[1]:.2f}" if figures else "")
+            cells.append(figures if isinstance(figures, str) or not figures else f"{figures[0]:.2f} ± {figures[1]:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
