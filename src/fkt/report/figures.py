@@ -65,8 +65,8 @@ def learning_curves(runs: list[dict], run_dirs: list[Path], path: Path, title: s
     save(fig, path)
 
 
-PSEUDO = (("pseudo/mask_rate_step", "mask rate (pool images above the threshold) %"),
-          ("pseudo/accuracy_step", "pseudo-label accuracy (confident, against withheld labels) %"))
+PSEUDO = (("pseudo/mask_rate_step", "mask rate %", "pool images above the threshold"),
+          ("pseudo/accuracy_step", "pseudo-label accuracy %", "confident pseudo-labels against the withheld labels"))
 
 
 def pseudo_label_curves(runs: list[dict], run_dirs: list[Path], path: Path, title: str) -> bool:
@@ -83,7 +83,7 @@ def pseudo_label_curves(runs: list[dict], run_dirs: list[Path], path: Path, titl
         arm = arm_of(run)
         label = None if arm in colours else arm
         colour = colours.setdefault(arm, f"C{len(colours)}")
-        for ax, (column, _) in zip(axes, PSEUDO):
+        for ax, (column, *_) in zip(axes, PSEUDO):
             points = [(float(r["compute/image_passes"]), 100 * float(r[column])) for r in rows
                       if r.get(column) and r.get("compute/image_passes")]
             if points:
@@ -91,9 +91,10 @@ def pseudo_label_curves(runs: list[dict], run_dirs: list[Path], path: Path, titl
     if not colours:
         plt.close(fig)
         return False
-    for ax, (_, ylabel) in zip(axes, PSEUDO):
+    for ax, (_, ylabel, what) in zip(axes, PSEUDO):
         ax.set_xlabel("image passes through the backbone (training)")
         ax.set_ylabel(ylabel)
+        ax.set_title(what, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(title)
