@@ -131,8 +131,13 @@ def test_labels_of_unlabelled_images_never_reach_a_loss(fmnist, tmp_path, monkey
     b = torch.load(tmp_path / "dirty" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert clean["test"]["accuracy"] == dirty["test"]["accuracy"]
-    if pseudo:  # the withheld labels did reach the diagnostic, and only it
+    if pseudo:  # every pool forward counted as the term's; the withheld labels reach the diagnostic, only it
         stage = "finetune" if method == "representational" else "train"
+        steps = 2 * (64 // 8)  # 2 epochs of the 64-image pool, 8 a step
+        assert clean["compute"]["stages"][stage]["passes_by_term"] == {
+            **({"ssl": steps * 2 * 8} if method == "functional" else {}), "ce": steps * 4, "pl": steps * 2 * 8}
+        assert clean["pseudo_label"] == "fixmatch" and clean["ema_decay"] == 0.9
+        assert all(0 <= float(r) <= 1 for r in logged(tmp_path / "clean", stage, "pseudo/mask_rate_step"))
         assert logged(tmp_path / "clean", stage, "pseudo/accuracy_step") != logged(tmp_path / "dirty", stage,
                                                                                     "pseudo/accuracy_step")
         assert logged(tmp_path / "clean", stage, "train/pl") == logged(tmp_path / "dirty", stage, "train/pl")
