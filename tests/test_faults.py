@@ -326,8 +326,9 @@ def test_evaluate_refuses_a_foreign_checkpoint(tmp_path, fkt_cli, damage):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arm", [(), ("--method", "supervised", "--pseudo-label", "fixmatch", "--pl-threshold", "0.3",
-                                     "--ema-decay", "0.9")], ids=["functional", "fixmatch+ema"])
+@pytest.mark.parametrize("arm", [("--pseudo-label", "fixmatch", "--pl-threshold", "0.3"),
+                                 ("--method", "supervised", "--pseudo-label", "fixmatch", "--pl-threshold", "0.3",
+                                  "--ema-decay", "0.9")], ids=["functional+fixmatch", "fixmatch+ema"])
 def test_a_few_label_run_with_two_streams_resumes_exactly_after_sigkill(fmnist, tmp_path, arm):
     """The joint step reads the pool and a cycling labelled stream: both resume where they were, and so do
     the pseudo-labels' strong views and the weights' moving average."""
