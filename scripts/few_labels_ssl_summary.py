@@ -105,6 +105,7 @@ def figure(runs: list[dict], path: Path) -> None:
     ax.set_xticks(sorted({x for run in runs for x in [run["axes"]["trainer.epochs"]]}))
     ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.FuncFormatter(
         lambda x, _: f"{x:g} ({x * 9920:,.0f} passes)"))
+    ax.xaxis.set_minor_formatter(plt.matplotlib.ticker.NullFormatter())
     ax.set_xlabel("pool epochs of the functional arm (image passes of every arm)")
     ax.set_ylabel("test accuracy % (mean, 95% interval)")
     ax.set_title("Fashion-MNIST, 10 labels a class: accuracy against budget")
