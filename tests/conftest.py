@@ -542,8 +542,9 @@ PRESETS_DIR = Path(__file__).resolve().parents[1] / "src" / "fkt" / "presets"  #
 # What trains (the static rule). Functions of fkt that train, called by name or through their module;
 # `.fit(` on anything (a Lightning Trainer's). fkt subcommands that train.
 TRAINING_FUNCTIONS = frozenset({"train", "train_stages", "run_grid", "run_cells", "run_cell", "run_bench",
-                                "run_all", "run_fkt", "run_bare", "measure", "measure_in_fresh_process"})
-TRAINING_COMMANDS = frozenset({"train", "reproduce", "bench"})
+                                "run_all", "run_fkt", "run_bare", "measure", "measure_in_fresh_process",
+                                "tune_grid", "run_study", "tune_command"})
+TRAINING_COMMANDS = frozenset({"train", "reproduce", "bench", "tune"})
 LAUNCHERS = {"subprocess": {"run", "Popen", "call", "check_call", "check_output"}, "os": {"system"},
              "fkt.cli": {"main"}}
 

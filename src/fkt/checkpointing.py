@@ -86,11 +86,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class Interrupted(Exception):
-    """Ctrl-C during training, after the checkpoint it names was written."""
+    """Ctrl-C (or another stop signal) during training, after the checkpoint it names was written."""
 
-    def __init__(self, checkpoint: Path) -> None:
+    def __init__(self, checkpoint: Path, signum: int = signal.SIGINT) -> None:
         super().__init__(f"interrupted; saved {checkpoint}; rerun the same command to resume")
         self.checkpoint = checkpoint
+        self.signum = signum
+
+
+# The signals on which training finishes its step, saves last.ckpt and stops with Interrupted: Ctrl-C,
+# and in a SLURM task the scheduler's warning before a preemption or the time limit (fkt.launch.slurm),
+# whose own handler then requeues the task.
+STOP_SIGNALS: set[int] = {signal.SIGINT}
 
 
 def rng_states() -> dict[str, Any]:
@@ -121,8 +128,8 @@ NOTHING, SAVE, STOP = 0, 1, 2
 
 class ResumeState(Checkpoint):
     """Owns `last.ckpt`: saved at every epoch end, mid-epoch every N steps or T minutes, and on
-    the first Ctrl-C. (A Checkpoint callback, so Lightning runs it after the best-model one and
-    the saved state includes that epoch's best-model bookkeeping.)
+    the first Ctrl-C (or other STOP_SIGNALS). (A Checkpoint callback, so Lightning runs it after the
+    best-model one and the saved state includes that epoch's best-model bookkeeping.)
 
     The first Ctrl-C finishes the current step, saves, and stops with `Interrupted`; a second
     one interrupts at once. Under DDP every rank takes the same decision (a max over ranks),
@@ -135,29 +142,37 @@ class ResumeState(Checkpoint):
         self.every_seconds = every_minutes * 60 if every_minutes else None
         self._last_save = time.monotonic()
         self._stop_requested = False
+        self._stop_signal = signal.SIGINT
         self._stop_at_epoch_end = False
-        self._previous_handler: Any = None
+        self._previous_handlers: dict[int, Any] = {}
 
-    # --- Ctrl-C ---------------------------------------------------------------------------
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        self._stop_requested = True
-        signal.signal(signal.SIGINT, self._previous_handler)  # a second Ctrl-C stops at once
-        print("\n[fkt] Ctrl-C: saving a checkpoint after this step (press again to stop at once)", flush=True)
+    # --- Ctrl-C and other stop signals --------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop_requested, self._stop_signal = True, signum
+        signal.signal(signum, self._previous_handlers.pop(signum))  # a second one acts at once
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n[fkt] {what}: saving a checkpoint after this step (again to stop at once)", flush=True)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_save = time.monotonic()
         try:
-            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:  # not the main thread: leave Ctrl-C as it is
-            self._previous_handler = None
+            for signum in STOP_SIGNALS:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        except ValueError:  # not the main thread: leave the signals as they are
+            self._previous_handlers.clear()
 
     def _restore_handler(self) -> None:
-        if self._previous_handler is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
-            signal.signal(signal.SIGINT, self._previous_handler)
-        self._previous_handler = None
+        for signum, previous in self._previous_handlers.items():
+            if signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, previous)
+        self._previous_handlers.clear()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_handler()
+        if self._stop_requested and self._stop_signal != signal.SIGINT:
+            # a scheduler's signal after the last step (the stage is saved and done): still stop, so
+            # that its handler requeues the task before the job is killed; Ctrl-C lets the run end
+            raise Interrupted(self.path, self._stop_signal)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore_handler()
@@ -186,13 +201,13 @@ class ResumeState(Checkpoint):
             self._last_save = time.monotonic()
         elif wish == STOP:
             trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, for resuming
-            raise Interrupted(self.path)
+            raise Interrupted(self.path, self._stop_signal)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, for resuming
         self._last_save = time.monotonic()
         if self._stop_at_epoch_end:
-            raise Interrupted(self.path)
+            raise Interrupted(self.path, self._stop_signal)
 
     # --- RNG states in every checkpoint -------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from fkt.errors import UserError
 from fkt.presets import find_preset, preset_names
 
+EXIT_FAILED = 1  # tasks of a launch failed (their logs say why); the others' results are kept
 EXIT_USER = 2
 EXIT_NONFINITE = 3
 EXIT_IO = 4
@@ -205,8 +206,26 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         config.grid.seeds = list(range(args.seeds))
     if args.methods:
         config.grid.methods = args.methods.split(",")
-    print(run_grid(config, args.out))
+    print(run_grid(config, args.out, launcher_from_args(args), dry_run=args.dry_run))
     return 0
+
+
+def launcher_from_args(args: argparse.Namespace):
+    from fkt.launch import launcher_from_args as build
+
+    return build(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fkt.report.collect import report_command
+
+    return report_command(args)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from fkt.tune import tune_command
+
+    return tune_command(config_from_args(args), args, launcher_from_args(args))
 
 
 def cmd_cam(args: argparse.Namespace) -> int:
@@ -240,6 +259,9 @@ def build_parser() -> Parser:
 
     from fkt import __version__
     from fkt.config import CompileMode, SSLObjective
+    from fkt.launch import add_arguments as add_launcher_arguments
+    from fkt.report.collect import add_arguments as add_report_arguments
+    from fkt.tune import add_arguments as add_tune_arguments
 
     parser = Parser(prog="fkt", description="Functional knowledge transfer: train, compare, evaluate.")
     parser.add_argument("--version", action="version", version=f"fkt {__version__}")
@@ -307,7 +329,19 @@ def build_parser() -> Parser:
     reproduce.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the preset's)")
     reproduce.add_argument("--methods", help="comma-separated subset of the preset's methods")
     reproduce.add_argument("--out", type=Path, required=True)
+    add_launcher_arguments(reproduce)
     reproduce.set_defaults(func=cmd_reproduce)
+
+    report = sub.add_parser("report", help="one report (tables, paired tests, figures) from the run folders of "
+                                           "one or more grids")
+    add_report_arguments(report)
+    report.set_defaults(func=cmd_report)
+
+    tune = sub.add_parser("tune", help="tune one arm's settings with Optuna on the validation split")
+    add_run_flags(tune)
+    add_tune_arguments(tune)
+    add_launcher_arguments(tune)
+    tune.set_defaults(func=cmd_tune)
 
     bench = sub.add_parser("bench", help="steady-state training throughput of each method, against bare PyTorch")
     bench.add_argument("--methods", default="supervised,simclr,functional-clean,functional-view,fixmatch,functional-fixmatch",
@@ -335,6 +369,7 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fkt.checkpointing import Interrupted
+    from fkt.launch import LaunchFailed
     from fkt.objectives import NonFiniteLoss
 
     try:
@@ -342,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"fkt: error: {err}", file=sys.stderr)
         return EXIT_USER
+    except LaunchFailed as err:
+        print(f"fkt: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except NonFiniteLoss as err:
         print(f"fkt: error: training stopped: {err}", file=sys.stderr)
         return EXIT_NONFINITE

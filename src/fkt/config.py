@@ -213,6 +213,96 @@ class EvaluateConfig(_Strict):
         None, description="corrupt a stratified subset of the test split this large (35 passes over it); None: all")
 
 
+SPACE_KINDS = ("log", "float", "int")  # a range's kinds in tune.space; a list is a choice
+
+
+class TuneConfig(_Strict):
+    """Equal-budget tuning with Optuna (`fkt tune`, `grid.tune`; fkt.tune): every arm gets the same trials,
+    each a run of the arm's own budget, selected on validation accuracy alone."""
+
+    trials: PositiveInt = Field(description="trials of the study (completed and pruned ones); every tuned arm "
+                                            "gets the same number")
+    space: dict[str, Any] = Field(description="dotted config field -> {log: [lo, hi]} (log-uniform float), "
+                                              "{float: [lo, hi]}, {int: [lo, hi]} or a list of choices")
+    seed: int = Field(0, description="the sampler's seed and every trial's training seed")
+    arms: list[Arm] | None = Field(None, description="grid.tune: the arms to tune (default: every arm of "
+                                                     "grid.methods); fkt tune takes --arm")
+    pruner: Literal["median", "none"] = Field(
+        "median", description="median: stop a trial whose validation accuracy after an epoch is below the median "
+                              "of earlier trials' at that epoch; none: every trial runs to its end")
+
+    # Fields a trial does not choose, and why: the cell's identity, and its budget (the same in every trial and arm).
+    RESERVED: ClassVar[dict[str, str]] = {
+        "seed": "tune.seed sets it", "arm": "--arm or tune.arms sets it", "method.name": "--arm or tune.arms sets it",
+        "method.pseudo_label": "--arm or tune.arms sets it", "data.dataset": "--dataset or grid.datasets sets it",
+        "out": "--out sets it", "grid": "the grid sets it", "tune": "the tuning itself",
+        "trainer.epochs": "the budget: the preset's, the same in every trial and arm",
+        "trainer.pretrain_epochs": "the budget: the preset's, the same in every trial and arm"}
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _flatten_space(cls, value: Any, prefix: str = "") -> Any:
+        """`--set tune.space.optim.supervised.lr.log=[...]` nests the key: a mapping under a key that is not a
+        config field's means its dotted path."""
+        if not isinstance(value, dict):
+            return value
+        flat: dict[str, Any] = {}
+        for key, spec in value.items():
+            dotted = f"{prefix}{key}"
+            field = config_field(dotted)
+            kind = field.annotation if field is not None else None
+            leaf = field is not None and not (isinstance(kind, type) and issubclass(kind, BaseModel))
+            if isinstance(spec, dict) and spec and not set(spec) & set(SPACE_KINDS) and not leaf:
+                flat.update(cls._flatten_space(spec, dotted + "."))
+            else:
+                flat[dotted] = spec
+        return flat
+
+    @field_validator("space")
+    @classmethod
+    def _known_space(cls, space: dict[str, Any]) -> dict[str, Any]:
+        """Each key names a config field a trial may set, with a range or choices: an error is reported at
+        `tune.space.<key>`, before anything is written."""
+        if not space:
+            raise ValueError("needs at least one field to tune, e.g. {optim.supervised.lr: {log: [1e-4, 1e-2]}}")
+        for key, spec in space.items():
+            problem = cls._key_problem(key) or space_problem(spec)
+            if problem:
+                raise ValidationError.from_exception_data("TuneConfig", [InitErrorDetails(
+                    type=PydanticCustomError("tune_space", problem), loc=(key,), input=space)])
+        return space
+
+    @classmethod
+    def _key_problem(cls, key: str) -> str:
+        for reserved, instead in cls.RESERVED.items():
+            if key == reserved or key.startswith(reserved + "."):
+                return f"not tuned ({instead})"
+        if config_field(key) is None:
+            return "not a config field (a dotted field such as optim.supervised.lr or method.temperature)"
+        return ""
+
+
+def space_problem(spec: Any) -> str:
+    """Why `spec` is not a range or a list of choices ("" when it is one)."""
+    if isinstance(spec, list):
+        plain = all(value is None or isinstance(value, (bool, int, float, str)) for value in spec)
+        return "" if spec and plain else "a list of choices needs at least one value, each a number, string or bool"
+    kinds = " or ".join(f"{{{kind}: [lo, hi]}}" for kind in SPACE_KINDS)
+    if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in SPACE_KINDS):
+        return f"expected {kinds}, or a list of choices (got {spec!r})"
+    (kind, bounds), = spec.items()
+    numbers = (int,) if kind == "int" else (int, float)
+    if not (isinstance(bounds, list) and len(bounds) == 2
+            and all(isinstance(b, numbers) and not isinstance(b, bool) for b in bounds)):
+        return f"{kind}: expected [lo, hi], two {'whole numbers' if kind == 'int' else 'numbers'} (got {bounds!r})"
+    lo, hi = bounds
+    if lo >= hi:
+        return f"{kind}: the range [{lo}, {hi}] is empty (lo must be below hi)"
+    if kind == "log" and lo <= 0:
+        return f"log: the range [{lo}, {hi}] must be above 0"
+    return ""
+
+
 class GridConfig(_Strict):
     """The cells `fkt reproduce` runs; `fkt train` ignores this section."""
 
@@ -227,6 +317,8 @@ class GridConfig(_Strict):
                                                    description="config overrides for one dataset (its root, say)")
     axes: dict[str, list[Any]] = Field(
         default_factory=dict, description="dotted config field -> values; the grid is datasets x axes x arms x seeds")
+    tune: TuneConfig | None = Field(None, description="tune the arms with the same trials before the seeds train "
+                                                      "(fkt.tune; see tune.*); None: the preset's settings as they are")
 
     # Fields the grid sets itself, with the setting to use instead.
     RESERVED_AXES: ClassVar[dict[str, str]] = {
@@ -267,6 +359,23 @@ class GridConfig(_Strict):
             return "not a config field (a dotted field such as data.labels_per_class or trainer.epochs)"
         return ""
 
+    @model_validator(mode="after")
+    def _tuned_arms_in_the_grid(self) -> "GridConfig":
+        """What grid.tune tunes must be in the grid, and what an axis varies cannot be tuned as well."""
+        if self.tune is None:
+            return self
+        loc, problem = ("tune", "arms"), ""
+        extra = [arm for arm in self.tune.arms or [] if arm not in self.methods]
+        if extra:
+            problem = f"{extra[0]} is not an arm of grid.methods ({', '.join(self.methods)})"
+        for key in self.tune.space:
+            if key in self.axes:
+                loc, problem = ("tune", "space", key), "also a grid axis: tune it or vary it, not both"
+        if problem:
+            raise ValidationError.from_exception_data("GridConfig", [InitErrorDetails(
+                type=PydanticCustomError("grid_tune", problem), loc=loc, input={})])
+        return self
+
 
 class Config(_Strict):
     method: MethodConfig = Field(MethodConfig(), description="the method and its SSL objective")
@@ -276,6 +385,8 @@ class Config(_Strict):
     trainer: TrainerConfig = Field(TrainerConfig(), description="epochs, hardware and checkpointing")
     evaluate: EvaluateConfig = Field(EvaluateConfig(), description="what is measured after training")
     grid: GridConfig = Field(GridConfig(), description="the cells of `fkt reproduce`")
+    tune: TuneConfig | None = Field(None, description="`fkt tune`'s study: trials, search space, seed, pruner "
+                                                      "(see tune.*; grid.tune when it is not set)")
     seed: int = Field(0, description="training seed (initialisation, batch order, views); the split has "
                                      "its own, data.split_seed")
     arm: str | None = Field(None, description="the grid arm a run belongs to (default: the method)")

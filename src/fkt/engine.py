@@ -12,7 +12,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -80,9 +80,10 @@ def check_method(config: Config) -> None:
     check_fusion(config, probe_trainer(config).world_size)
 
 
-def build_trainer(config: Config, run: RunDir, stage: Stage, final: bool, max_steps: int = -1) -> pl.Trainer:
+def build_trainer(config: Config, run: RunDir, stage: Stage, final: bool, max_steps: int = -1,
+                  extra: Sequence[pl.Callback] = ()) -> pl.Trainer:
     t = config.trainer
-    callbacks: list[pl.Callback] = []
+    callbacks: list[pl.Callback] = list(extra)
     if final:  # best.ckpt on validation accuracy (weights only: it is never resumed); pretraining has no labels
         callbacks.append(ModelCheckpoint(dirpath=run.checkpoints(), filename="best", monitor="val/acc", mode="max",
                                          save_weights_only=True, auto_insert_metric_name=False,
@@ -124,12 +125,15 @@ def run_directory(run_dir: Path, owner: bool):
         raise
 
 
-def train(config: Config, resume: bool = False, trust: bool = False) -> dict[str, Any]:
+def train(config: Config, resume: bool = False, trust: bool = False, *, test: bool = True,
+          callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
     """Train every stage of the configured method, then evaluate the best checkpoint once on test.
 
     Rerunning on the same `--out` resumes from the last checkpoint (mid-epoch where one was saved)
     and skips finished stages; `resume=True` insists that there is something to resume. Checkpoints
-    are read as data unless `trust` (see `read_checkpoint`).
+    are read as data unless `trust` (see `read_checkpoint`). A tuning trial (fkt.tune) passes
+    `test=False`, so that the test split is never read (validation metrics only), and `callbacks`,
+    which join the final stage's Trainer (its pruning callback).
     """
     if config.out is None:
         raise UserError("--out is required: the run directory to write")
@@ -147,13 +151,14 @@ def train(config: Config, resume: bool = False, trust: bool = False) -> dict[str
         if owner:
             save_config(config, run.config)
         pl.seed_everything(config.seed, workers=True, verbose=False)
-        compute = train_stages(config, run, data, trust)
+        compute = train_stages(config, run, data, trust, callbacks)
         if compute is None:
             return {}
-        return evaluate_run(config, run, data, compute)
+        return evaluate_run(config, run, data, compute, test)
 
 
-def train_stages(config: Config, run: RunDir, data: FKTDataModule, trust: bool = False) -> dict[str, Any] | None:
+def train_stages(config: Config, run: RunDir, data: FKTDataModule, trust: bool = False,
+                 callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any] | None:
     """Fit each stage (or reload it where a previous run finished it) and sum what each counted;
     None on ranks other than 0."""
     compute: dict[str, Any] = {"epochs": 0, "image_passes": 0, "passes_by_term": {}, "teacher_forwards": 0,
@@ -165,7 +170,9 @@ def train_stages(config: Config, run: RunDir, data: FKTDataModule, trust: bool =
     for i, stage in enumerate(plan):
         if previous is not None:  # the next stage's heads start where the last one's view stream ended
             previous.context.continue_stream()
-        module, resumed, is_global_zero = fit_stage(config, run, data, stage, i == len(plan) - 1, previous, trust, world)
+        final = i == len(plan) - 1
+        module, resumed, is_global_zero = fit_stage(config, run, data, stage, final, previous, trust, world,
+                                                    callbacks if final else ())
         previous = module
         if not is_global_zero:  # only rank 0 reports: no probe step for the others
             continue
@@ -181,7 +188,7 @@ def train_stages(config: Config, run: RunDir, data: FKTDataModule, trust: bool =
 
 
 def fit_stage(config: Config, run: RunDir, data: FKTDataModule, stage: Stage, final: bool, previous: Method | None,
-              trust: bool, world: int = 1) -> tuple[Method, bool, bool]:
+              trust: bool, world: int = 1, callbacks: Sequence[pl.Callback] = ()) -> tuple[Method, bool, bool]:
     """(the stage's module, whether it resumed, whether this is the global rank 0)."""
     classes = data.classes
     module = stage.module(config=config.to_dict(), num_classes=len(classes), classes=classes,
@@ -195,7 +202,7 @@ def fit_stage(config: Config, run: RunDir, data: FKTDataModule, stage: Stage, fi
             return load_module(resume, trust), True, True  # finished before an interruption: nothing to redo
     if stage.init_from is not None:
         module.backbone.load_state_dict(previous.backbone.state_dict())
-    trainer = build_trainer(config, run, stage, final, max_steps)
+    trainer = build_trainer(config, run, stage, final, max_steps, callbacks)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=not trust)
     except NonFiniteLoss as err:
@@ -227,8 +234,10 @@ def stage_compute(config: Config, stage: Stage, module: Method, data: FKTDataMod
     return record
 
 
-def evaluate_run(config: Config, run: RunDir, data: FKTDataModule, compute: dict[str, Any]) -> dict[str, Any]:
-    """Val and test metrics of the best checkpoint (the test set's only use), written to metrics.json."""
+def evaluate_run(config: Config, run: RunDir, data: FKTDataModule, compute: dict[str, Any],
+                 test: bool = True) -> dict[str, Any]:
+    """Val and test metrics of the best checkpoint (the test set's only use), written to metrics.json;
+    without `test`, val alone (and no probe or corruption, which measure on test)."""
     best = load_module(run.best)
     device = evaluation_device(config)
     bundle = data.bundle
@@ -241,10 +250,10 @@ def evaluate_run(config: Config, run: RunDir, data: FKTDataModule, compute: dict
         "pseudo_label": config.method.pseudo_label,
         "ema_decay": config.method.ema_decay,  # None: the weights themselves were evaluated
     }
-    for split in ("val", "test"):
+    for split in ("val", "test") if test else ("val",):
         logits, targets = predict(best, data.loader(split), device)
         results[split] = classification_metrics(logits, targets, data.classes, ordinal=bundle.ordinal)
-    results.update(representation_metrics(best, data, device, config))
+    results.update(representation_metrics(best, data, device, config) if test else {})
     results["images"] = data.counts  # training images with and without labels
     results.update({"pool": data.pool_summary} if data.pool else {})  # with few labels: its mismatch, classes
     results["compute"] = compute

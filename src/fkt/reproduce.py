@@ -21,14 +21,11 @@ from fkt.config import Config, build_config, deep_merge, set_dotted
 from fkt.engine import check_method, train
 from fkt.errors import UserError
 from fkt.io import RunLock, atomic_write_json, is_rank_zero
-from fkt.report.axes import axes_label, axes_of, frozen, path_safe
-from fkt.report.embedding import embedding_plot
-from fkt.report.figures import grid_figures
-from fkt.report.gradcam import cam_from_checkpoints, column_name, load_columns
-from fkt.report.page import write_report
-from fkt.report.tables import arm_of, write_results
-from fkt.report.verdicts import verdicts_markdown
-from fkt.rundir import RunDir
+from fkt.launch import Launcher, Sequential
+from fkt.report.axes import axes_label, path_safe
+from fkt.report.grid import write_grid_report
+from fkt.rundir import PRETRAIN, RunDir
+from fkt.tune import chosen_settings, tune_grid
 
 # Fields that cannot change what a representational cell's SSL stage learns, so cells of one grid
 # that differ only in them share one pretraining: the label budget and the labelled batch (the SSL
@@ -42,15 +39,15 @@ SSL_IGNORED_FIELDS = ("data.labels_per_class", "data.labelled_fraction", "data.l
                       "method.pl_threshold", "method.pl_weight", "method.ema_decay",
                       "trainer.epochs", "method.finetune", "method.lambda_ce", "method.classifier_input",
                       "method.fusion", "method.lambda_start", "method.ramp_epochs", "method.grad_cosine",
-                      "optim.supervised", "optim.functional", "evaluate", "arm", "out", "grid")
+                      "optim.supervised", "optim.functional", "evaluate", "arm", "out", "grid", "tune")
 # Fields supervised training never reads: cells that differ only in them train the same network.
 SUPERVISED_IGNORED_FIELDS = ("method.ssl", "method.fusion", "method.lambda_ce", "method.lambda_start",
                              "method.ramp_epochs", "method.temperature", "method.grad_cosine", "optim.ssl",
                              "optim.functional", "model.proj_hidden_dim", "model.proj_output_dim",
-                             "trainer.pretrain_epochs", "out", "grid")
-PRETRAIN = "pretrain"  # the representational arm's SSL stage (fkt.methods.stages)
+                             "trainer.pretrain_epochs", "out", "grid", "tune")
 SHARED_MARKER = "shared_pretraining.json"  # in a run directory whose SSL stage came from another cell
 COPY_MARKER = "copy_of.json"  # in a run directory copied from an identical earlier cell
+PARTIAL_COPY = ".copying"  # the suffix of a copied cell's folder while copy_run makes it: never finished
 
 
 class Cell(NamedTuple):
@@ -78,24 +75,31 @@ def arm_method(arm: str) -> dict[str, str]:
     return {"name": method, **({"pseudo_label": pseudo} if pseudo else {})}
 
 
+def tuning_key(dataset: str, axes: dict[str, Any], arm: str) -> str:
+    """The name of what one tuning study chose settings for: a grid's cells of one arm at one dataset
+    and axis values (all their seeds)."""
+    return run_name(dataset, axes, arm, 0).removesuffix("-seed0")
+
+
 def cell_config(config: Config, dataset: str, arm: str, seed: int, out: Path,
-                axes: dict[str, Any] | None = None) -> Config:
+                axes: dict[str, Any] | None = None, chosen: dict[str, dict[str, Any]] | None = None) -> Config:
     """The config of one cell: the preset, its dataset's and its arm's overrides, then its axis values
-    (what the grid varies has the last word), except the epochs of the arms matched to the functional
-    cell with the same axis values (supervised-matched; with few labels every arm): those that give it
-    that cell's image passes, so compute matches per axis value."""
+    (what the grid varies has the last word) and the settings tuning chose for it (`chosen`, by
+    `tuning_key`; fkt.tune), except the epochs of the arms matched to the functional cell with the same
+    axis values (supervised-matched; with few labels every arm): those that give it that cell's image
+    passes, so compute matches per axis value."""
     axes = axes or {}
     data = deep_merge(config.to_dict(), {"data": {"dataset": dataset}})
     data = deep_merge(data, config.grid.per_dataset.get(dataset, {}))
     data = deep_merge(data, config.grid.per_method.get(arm, {}))
     data["method"].update(arm_method(arm))
-    for key, value in axes.items():
+    for key, value in {**axes, **(chosen or {}).get(tuning_key(dataset, axes, arm), {})}.items():
         set_dotted(data, key, value)
     data.update(seed=seed, arm=arm, out=str(Path(out) / "runs" / run_name(dataset, axes, arm, seed)))
     where = f"grid cell {dataset}/{axes_label(axes)}/{arm}" if axes else f"grid cell {dataset}/{arm}"
     own = build_config(data, f"{where}/seed {seed}")  # its own values first, so that an error names this cell
     if arm == "supervised-matched" or (arm not in ("functional", "supervised") and own.data.few_labels):
-        functional = cell_config(config, dataset, "functional", seed, out, axes)
+        functional = cell_config(config, dataset, "functional", seed, out, axes, chosen)
         data["trainer"].update(matched_epochs(functional, own))
     return build_config(data, f"{where}/seed {seed}")
 
@@ -130,10 +134,10 @@ def axis_points(config: Config) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*config.grid.axes.values())]
 
 
-def grid_plan(config: Config, out: Path) -> list[Cell]:
+def grid_plan(config: Config, out: Path, chosen: dict[str, dict[str, Any]] | None = None) -> list[Cell]:
     """Datasets x axis values x arms x seeds, in that order; every cell validated, none sharing a folder."""
     datasets = config.grid.datasets or [config.data.dataset]
-    plan = [Cell(cell_config(config, dataset, arm, seed, out, axes), axes) for dataset in datasets
+    plan = [Cell(cell_config(config, dataset, arm, seed, out, axes, chosen), axes) for dataset in datasets
             for axes in axis_points(config) for arm in config.grid.methods for seed in config.grid.seeds]
     seen: dict[Path, Cell] = {}
     for cell in plan:
@@ -197,7 +201,7 @@ def copy_run(run_dir: Path, source: Path) -> None:
     """`source`'s finished run directory as `run_dir` (checkpoints, logs, metrics), marked as a copy;
     whole or not at all (a partial copy from an interrupted grid is replaced). Files are hard links
     where the file system allows."""
-    partial = run_dir.with_name(run_dir.name + ".copying")
+    partial = run_dir.with_name(run_dir.name + PARTIAL_COPY)
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(source, partial, ignore=shutil.ignore_patterns("*.lock", COPY_MARKER),
                     copy_function=link_or_copy)
@@ -239,11 +243,12 @@ def annotated(run: dict, cell: Cell) -> dict:
     return run
 
 
-def run_grid(config: Config, out: Path) -> str:
-    """Run every cell not yet done, then write results.csv and results.md; returns the Markdown."""
-    out = Path(out)
+def run_grid(config: Config, out: Path, launcher: Launcher | None = None, dry_run: bool = False) -> str:
+    """Run every cell not yet done through `launcher` (in this process by default), then write the report;
+    returns results.md's Markdown (or, where the launcher does not wait or `dry_run`, what was done)."""
+    out, launcher = Path(out), launcher or Sequential()
     if not is_rank_zero():  # other DDP ranks train the cells with rank 0; rank 0 alone reports
-        plan = grid_plan(config, out)
+        plan = grid_plan(config, out, chosen_settings(out))
         sources, copies = pretraining_sources(plan), copy_sources(plan)
         for cell in plan:
             run_dir = Path(cell.config.out)
@@ -252,20 +257,86 @@ def run_grid(config: Config, out: Path) -> str:
                     share_pretraining(run_dir, sources[run_dir])
                 train(cell.config)
         return ""
+    if dry_run:
+        return describe_plan(grid_plan(config, out, chosen_settings(out)), launcher, out)
     with RunLock(out, "reproduce --out"):
-        return run_cells(config, out)
+        return run_cells(config, out, launcher)
 
 
-def run_cells(config: Config, out: Path) -> str:
-    plan = grid_plan(config, out)  # every cell is validated before the first one trains
+def run_cells(config: Config, out: Path, launcher: Launcher) -> str:
+    chosen = tune_grid(config, out, launcher) if config.grid.tune else {}
+    plan = grid_plan(config, out, chosen)  # every cell is validated before the first one trains
+    for cell in plan:
+        if RunDir(cell.config.out).metrics.exists():
+            print(f"[fkt] {cell.config.out}: done already, skipped", flush=True)
+    launcher.run(cell_waves(plan), out / "launch")
+    if not launcher.waits:
+        return (f"submitted the {len(plan)} cells of {out} ({launcher.name}); when they have ended, "
+                f"`fkt report {out} --out {out}` writes the report")
+    runs = [cell_result(cell) for cell in plan]
+    return write_grid_report(out, runs, [Path(cell.config.out) for cell in plan])
+
+
+class CellTask:
+    """One cell as a launcher's task (picklable: its config as a dict). It waits for nothing itself: the
+    launcher runs it in the wave after the cell whose SSL stage it reuses or whose run it copies."""
+
+    def __init__(self, cell: Cell, source: Path | None, twin: Path | None) -> None:
+        self.config, self.axes = cell.config.to_dict(), dict(cell.axes)
+        self.source, self.twin = source, twin
+        self.name = Path(cell.config.out).name
+        self.ranks = cell.config.trainer.devices if isinstance(cell.config.trainer.devices, int) else 1
+
+    def __call__(self) -> None:
+        cell = Cell(build_config(self.config, f"grid cell {self.name}"), self.axes)
+        for other in (self.source, self.twin):
+            if other is not None and not RunDir(other).metrics.exists():
+                raise UserError(f"{cell.config.out}: waits for {other}, which has not finished")
+        if is_rank_zero():
+            run_cell(cell, self.source, self.twin)
+        elif self.twin is None:  # a DDP rank of a SLURM task: rank 0 reads, copies and reports
+            if self.source is not None:
+                share_pretraining(Path(cell.config.out), self.source)
+            train(cell.config)
+
+
+def cell_waves(plan: list[Cell]) -> list[list[CellTask]]:
+    """The cells to run, as a launcher's waves: first every cell that trains on its own, then those that
+    reuse an SSL pretraining of the first wave or copy one of its runs. Finished cells are left out."""
     sources, copies = pretraining_sources(plan), copy_sources(plan)
-    runs = [run_cell(cell, sources.get(Path(cell.config.out)), copies.get(Path(cell.config.out))) for cell in plan]
-    run_dirs = [Path(cell.config.out) for cell in plan]
-    grid_figures(out, runs, run_dirs)
-    cams_and_embeddings(out, runs, run_dirs)
-    markdown = write_results(out, runs)
-    write_report(out, markdown, verdicts_markdown(runs))
-    return markdown
+    waves: list[list[CellTask]] = [[], []]
+    for cell in plan:
+        run_dir = Path(cell.config.out)
+        if not RunDir(run_dir).metrics.exists():
+            task = CellTask(cell, sources.get(run_dir), copies.get(run_dir))
+            waves[task.source is not None or task.twin is not None].append(task)
+    return [wave for wave in waves if wave]
+
+
+def cell_result(cell: Cell) -> dict:
+    """A finished cell's metrics, as the grid reports them (`annotated`)."""
+    metrics = RunDir(cell.config.out).metrics
+    if not metrics.exists():
+        raise UserError(f"{cell.config.out}: the cell did not finish (no metrics.json); rerun the same command")
+    return annotated(json.loads(metrics.read_text()), cell)
+
+
+def describe_plan(plan: list[Cell], launcher: Launcher, out: Path) -> str:
+    """--dry-run: every cell, whether it is done, what it shares or copies, and how it would run."""
+    sources, copies = pretraining_sources(plan), copy_sources(plan)
+    lines = []
+    for cell in plan:
+        run_dir = Path(cell.config.out)
+        state = "done" if RunDir(run_dir).metrics.exists() else "to run"
+        if run_dir in copies:
+            state += f", a copy of {copies[run_dir].name}"
+        elif run_dir in sources:
+            state += f", reusing the SSL pretraining of {sources[run_dir].name}"
+        lines.append(f"{run_dir.name}: {state}")
+    waves = cell_waves(plan)
+    lines.append(f"{sum(map(len, waves))} of {len(plan)} cells to run, in {len(waves)} wave(s); "
+                 + launcher.describe(waves, out / "launch"))
+    return "\n".join(lines)
 
 
 def run_cell(cell: Cell, source: Path | None, twin: Path | None = None) -> dict:
@@ -274,8 +345,7 @@ def run_cell(cell: Cell, source: Path | None, twin: Path | None = None) -> dict:
     cell's axis values."""
     run_dir = Path(cell.config.out)
     metrics_file = RunDir(run_dir).metrics
-    if metrics_file.exists():
-        print(f"[fkt] {run_dir}: done already, skipped", flush=True)
+    if metrics_file.exists():  # another launch of the grid finished it meanwhile
         return annotated(json.loads(metrics_file.read_text()), cell)
     if twin is not None:
         print(f"[fkt] {run_dir}: trains what {twin} trained; copied", flush=True)
@@ -291,37 +361,3 @@ def run_cell(cell: Cell, source: Path | None, twin: Path | None = None) -> dict:
     if run["axes"] or "shared_pretraining" in run:
         atomic_write_json(metrics_file, run)
     return run
-
-
-def cams_and_embeddings(out: Path, runs: list[dict], run_dirs: list[Path]) -> None:
-    """Per dataset, at its first axis values: the Grad-CAM grid and a t-SNE of each of its backbones."""
-    for dataset in dict.fromkeys(run["dataset"] for run in runs):
-        mine = [(r, d) for r, d in zip(runs, run_dirs) if r["dataset"] == dataset]
-        point = frozen(axes_of(mine[0][0]))
-        checkpoints = cam_checkpoints([(r, d) for r, d in mine if frozen(axes_of(r)) == point])
-        if checkpoints:
-            loaded = load_columns(checkpoints, dataset, None)
-            cam_from_checkpoints(checkpoints, dataset, None, 8, out / "figures" / f"{dataset}-gradcam.png", loaded)
-            embeddings(*loaded, out / "figures", dataset)
-
-
-def cam_checkpoints(runs: list[tuple[dict, Path]]) -> list[Path]:
-    """The paper's Grad-CAM columns at the lowest seed: SSL-pretrained, representational,
-    functional, then the supervised arms."""
-    seed = min(run["seed"] for run, _ in runs)
-    by_arm = {arm_of(run): run_dir for run, run_dir in runs if run["seed"] == seed}
-    columns = []
-    if "representational" in by_arm:
-        columns.append(RunDir(by_arm["representational"]).last(PRETRAIN))
-    for arm in ("representational", "functional", "supervised", "supervised-matched"):
-        if arm in by_arm:
-            columns.append(RunDir(by_arm[arm]).best)
-    return [c for c in columns if c.exists()]
-
-
-def embeddings(modules: list, data, folder: Path, dataset: str) -> None:
-    """A t-SNE plot of each Grad-CAM column's backbone on the test set."""
-    for module in modules:
-        name = column_name(module)
-        embedding_plot(module, data.sets["test"], data.classes, folder / f"{dataset}-{name}-tsne.png",
-                       f"{dataset}: {name} backbone features (t-SNE, test set)")

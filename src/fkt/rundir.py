@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+PRETRAIN = "pretrain"  # the representational arm's SSL stage (fkt.methods.stages), with checkpoints of its own
+
 
 @dataclass(frozen=True)
 class RunDir:
