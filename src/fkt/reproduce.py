@@ -25,7 +25,7 @@ from fkt.launch import Launcher, Sequential
 from fkt.report.axes import axes_label, path_safe
 from fkt.report.grid import write_grid_report
 from fkt.rundir import PRETRAIN, RunDir
-from fkt.tune import chosen_settings, tune_grid
+from fkt.tune import chosen_settings, tune_grid, tuning_plan
 
 # Fields that cannot change what a representational cell's SSL stage learns, so cells of one grid
 # that differ only in them share one pretraining: the label budget and the labelled batch (the SSL
@@ -258,7 +258,8 @@ def run_grid(config: Config, out: Path, launcher: Launcher | None = None, dry_ru
                 train(cell.config)
         return ""
     if dry_run:
-        return describe_plan(grid_plan(config, out, chosen_settings(out)), launcher, out)
+        plan = describe_plan(grid_plan(config, out, chosen_settings(out)), launcher, out)
+        return f"{tuning_plan(config, out)}\n{plan}" if config.grid.tune else plan
     with RunLock(out, "reproduce --out"):
         return run_cells(config, out, launcher)
 

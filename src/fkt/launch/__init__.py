@@ -72,9 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dry-run", action="store_true",
                    help="print the plan (cells, done or not, shared and copied) and, for slurm, write the job "
                         "scripts without submitting")
-    g.add_argument("--slurm-partition", metavar="NAME")
-    g.add_argument("--slurm-time", type=int, metavar="MINUTES", help="time limit of one task")
-    g.add_argument("--slurm-gpus-per-task", type=int, metavar="N")
+    g.add_argument("--slurm-partition", metavar="NAME", help="the SLURM partition to submit to")
+    g.add_argument("--slurm-time", type=int, metavar="MINUTES",
+                   help="time limit of one task (default 60); on SLURM's warning the cell saves and is requeued")
+    g.add_argument("--slurm-gpus-per-task", type=int, metavar="N", help="GPUs of each task (a cell, or a DDP rank of one)")
     g.add_argument("--slurm-array-parallelism", type=int, metavar="N", help="tasks of an array running at once")
     g.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="any other sbatch option, e.g. --slurm-arg account=abc --slurm-arg qos=high; repeatable")

@@ -133,6 +133,15 @@ def tune_grid(config: Config, out: Path, launcher: Any) -> dict[str, dict[str, A
     return chosen
 
 
+def tuning_plan(config: Config, out: Path) -> str:
+    """--dry-run's line on grid.tune: the studies that run before the cells, and which are done."""
+    studies = grid_studies(config, Path(out))
+    done = [study.name for study in studies if (study.folder / CHOSEN).exists()]
+    return (f"grid.tune first: {len(studies)} studies of {config.grid.tune.trials} trials "
+            f"({', '.join(study.name for study in studies)}), {len(done)} done; the cells then train with "
+            "the settings chosen")
+
+
 def chosen_settings(out: Path) -> dict[str, dict[str, Any]]:
     """What a grid's finished studies chose, by tuning key (empty without grid.tune): for the DDP ranks
     and --dry-run, which read the choice rather than make it."""
