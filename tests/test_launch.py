@@ -169,3 +169,17 @@ def test_slurm_arrays_through_submitit_wait_for_sources_and_a_preempted_task_res
     assert sum(" sbatch " in f" {line} " for line in calls) == 2  # one array a wave
     assert any("scontrol requeue" in line for line in calls)
     assert "| imagefolder |" in markdown
+
+
+def test_each_local_worker_gets_a_gpu_of_its_own_where_there_are_gpus(monkeypatch):
+    """Without a GPU here, the GPUs a process may use are read from CUDA_VISIBLE_DEVICES, as on a GPU box."""
+    from fkt.errors import UserError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert LocalLauncher(2).slots()[0] == ["3", "5"]
+    assert LocalLauncher(1).slots()[0] == ["3"]
+    with pytest.raises(UserError, match="--jobs 3: more workers than this machine's 2 GPUs"):
+        LocalLauncher(3).slots()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    slots, threads = LocalLauncher(2).slots()
+    assert slots == [None, None] and threads == max(1, len(os.sched_getaffinity(0)) // 2)

@@ -147,3 +147,34 @@ def test_grid_tune_trains_every_arm_at_its_choice_and_reports_it(data, tmp_path,
     again = tune_grid(config, tmp_path, Sequential())
     assert capsys.readouterr().out.count("done already, skipped") == 2
     assert again == {key: record["params"] for key, record in chosen.items()}
+
+
+@pytest.mark.no_training
+def test_workers_share_the_trials_left_exactly(data, tmp_path):
+    """Each worker of a study gets its share of the trials left: a count checked only after each trial
+    would let a second worker start a trial too many, and every arm must get the same number."""
+    import argparse
+
+    from fkt.cli import build_parser, config_from_args
+    from fkt.tune import command_study
+    from fkt.tune.study import run_study
+
+    (tmp_path / "space.yaml").write_text(SPACE)
+    args = build_parser().parse_args(["tune", *flags(data.root), "--arm", "supervised", "--trials", "7",
+                                      "--space", str(tmp_path / "space.yaml"), "--out", str(tmp_path / "study")])
+
+    class Recording:
+        name, waits = "recording", True
+
+        def __init__(self, workers: int) -> None:
+            self.workers, self.quotas = workers, []
+
+        def run(self, waves, folder) -> None:
+            self.quotas = [task.quota for task in waves[0]]
+            raise KeyboardInterrupt  # record the shares, train nothing
+
+    for workers, shares in ((2, [4, 3]), (3, [3, 2, 2]), (9, [1] * 7)):
+        launcher = Recording(workers)
+        with pytest.raises(KeyboardInterrupt):
+            run_study(command_study(config_from_args(args), argparse.Namespace(**vars(args))), launcher)
+        assert launcher.quotas == shares

@@ -133,11 +133,15 @@ class Study:
     def left(self, study: optuna.Study) -> int:
         return self.tune.trials - len(study.get_trials(deepcopy=False, states=FINISHED))
 
-    def optimize(self, worker: int = 0) -> None:
-        """Trials until the study holds tune.trials finished ones (a worker among several stops at the count)."""
+    def optimize(self, worker: int = 0, quota: int | None = None) -> None:
+        """This worker's `quota` of trials (its share of those left), or trials until the study holds
+        tune.trials finished ones. The shares make the count exact: a worker that only checked the count
+        after each trial would start one more while another finished the last (9 trials of 8 seen with 2
+        workers), and every arm must get the same number of trials. The count still stops workers of
+        other commands sharing the study."""
         study = self.open(worker)
-        if self.left(study) > 0:
-            study.optimize(self.objective, gc_after_trial=True,
+        if self.left(study) > 0 and quota != 0:
+            study.optimize(self.objective, n_trials=quota, gc_after_trial=True,
                            callbacks=[optuna.study.MaxTrialsCallback(self.tune.trials, states=FINISHED)])
 
     def objective(self, trial: optuna.Trial) -> float:
@@ -193,17 +197,20 @@ class Worker:
     name: str
     study: Study
     index: int
+    quota: int | None = None  # its share of the trials left; None: until the study holds its trials
 
     def __call__(self) -> None:
-        self.study.optimize(self.index)
+        self.study.optimize(self.index, self.quota)
 
 
 def run_study(study: Study, launcher: Any) -> dict[str, Any] | None:
     """The study's trials on `launcher.workers` workers, then its chosen.json; None where the launcher only
     submitted them (rerun when they have ended)."""
     study.folder.mkdir(parents=True, exist_ok=True)
-    if study.left(study.start()) > 0:
-        workers = [Worker(f"tune-{study.name}-{i}", study, i) for i in range(max(1, launcher.workers))]
+    left = study.left(study.start())
+    if left > 0:
+        count = min(max(1, launcher.workers), left)
+        workers = [Worker(f"tune-{study.name}-{i}", study, i, left // count + (i < left % count)) for i in range(count)]
         launcher.run([workers], study.folder / "launch")
         if not launcher.waits:
             return None
