@@ -1,7 +1,7 @@
 """`--launcher local --jobs N`: the tasks in N worker processes of this machine (the standard library's
 process pool, started fresh: `spawn`). With GPUs each worker sees one GPU of its own (CUDA_VISIBLE_DEVICES,
 set before it imports torch); without, the cores are split between the workers (torch's threads). Each
-task's output goes to <folder>/<task>.log; a line here says when it starts and ends.
+task's output goes to <folder>/<task>.log; a line here says when it is queued and when it ends.
 
 No torch at this module's top: a worker imports it only after its GPU and threads are set.
 """
@@ -96,7 +96,7 @@ class LocalLauncher:
         running: dict[Future, Task] = {}
         for task in wave:
             running[pool.submit(run_logged, task, folder / f"{task.name}.log")] = task
-            print(f"[fkt] local: started {task.name} (log: {folder / f'{task.name}.log'})", flush=True)
+            print(f"[fkt] local: queued {task.name} (log: {folder / f'{task.name}.log'})", flush=True)
         failed = []
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
