@@ -29,6 +29,24 @@ Epochs = Annotated[int | float, Field(gt=0)]  # a whole number stays one in the 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
 
 
+def key_problem(key: str, reserved: dict[str, str], refused: str, example: str) -> str:
+    """Why a dotted `key` (a grid axis, a tuning field) cannot be set ("" when it can): a field the grid or
+    the tuning sets itself (`refused`, formatted with what to use instead), or not a field of Config.
+    Called at validation, after the module (and config_field) is loaded."""
+    for name, instead in reserved.items():
+        if key == name or key.startswith(name + "."):
+            return refused.format(instead)
+    if config_field(key) is None:
+        return f"not a config field (a dotted field such as {example})"
+    return ""
+
+
+def field_error(model: str, kind: str, key: str, problem: str, data: Any) -> ValidationError:
+    """A validation error located at `key` inside the field it was found in (one line naming it)."""
+    return ValidationError.from_exception_data(model, [InitErrorDetails(
+        type=PydanticCustomError(kind, problem), loc=(key,), input=data)])
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -266,20 +284,11 @@ class TuneConfig(_Strict):
         if not space:
             raise ValueError("needs at least one field to tune, e.g. {optim.supervised.lr: {log: [1e-4, 1e-2]}}")
         for key, spec in space.items():
-            problem = cls._key_problem(key) or space_problem(spec)
+            problem = (key_problem(key, cls.RESERVED, "not tuned ({})", "optim.supervised.lr or method.temperature")
+                       or space_problem(spec))
             if problem:
-                raise ValidationError.from_exception_data("TuneConfig", [InitErrorDetails(
-                    type=PydanticCustomError("tune_space", problem), loc=(key,), input=space)])
+                raise field_error("TuneConfig", "tune_space", key, problem, space)
         return space
-
-    @classmethod
-    def _key_problem(cls, key: str) -> str:
-        for reserved, instead in cls.RESERVED.items():
-            if key == reserved or key.startswith(reserved + "."):
-                return f"not tuned ({instead})"
-        if config_field(key) is None:
-            return "not a config field (a dotted field such as optim.supervised.lr or method.temperature)"
-        return ""
 
 
 def space_problem(spec: Any) -> str:
@@ -343,21 +352,11 @@ class GridConfig(_Strict):
         """Each key must name a config field the grid does not set itself, with one value or more:
         an error is reported at `grid.axes.<key>`, before any cell is built."""
         for key, values in axes.items():
-            problem = cls._axis_problem(key) or ("" if values else "needs at least one value")
+            problem = key_problem(key, cls.RESERVED_AXES, "set by the grid itself (use {})",
+                                  "data.labels_per_class or trainer.epochs") or ("" if values else "needs at least one value")
             if problem:
-                raise ValidationError.from_exception_data("GridConfig", [InitErrorDetails(
-                    type=PydanticCustomError("grid_axis", problem), loc=(key,), input=axes)])
+                raise field_error("GridConfig", "grid_axis", key, problem, axes)
         return axes
-
-    @classmethod
-    def _axis_problem(cls, key: str) -> str:
-        """Why `key` cannot be an axis ("" when it can): not a field of Config, or set by the grid."""
-        for reserved, instead in cls.RESERVED_AXES.items():
-            if key == reserved or key.startswith(reserved + "."):
-                return f"set by the grid itself (use {instead})"
-        if config_field(key) is None:  # defined below; validation runs after the module is loaded
-            return "not a config field (a dotted field such as data.labels_per_class or trainer.epochs)"
-        return ""
 
     @model_validator(mode="after")
     def _tuned_arms_in_the_grid(self) -> "GridConfig":

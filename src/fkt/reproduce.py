@@ -247,15 +247,8 @@ def run_grid(config: Config, out: Path, launcher: Launcher | None = None, dry_ru
     """Run every cell not yet done through `launcher` (in this process by default), then write the report;
     returns results.md's Markdown (or, where the launcher does not wait or `dry_run`, what was done)."""
     out, launcher = Path(out), launcher or Sequential()
-    if not is_rank_zero():  # other DDP ranks train the cells with rank 0; rank 0 alone reports
-        plan = grid_plan(config, out, chosen_settings(out))
-        sources, copies = pretraining_sources(plan), copy_sources(plan)
-        for cell in plan:
-            run_dir = Path(cell.config.out)
-            if not RunDir(run_dir).metrics.exists() and run_dir not in copies:  # rank 0 copies those
-                if run_dir in sources:
-                    share_pretraining(run_dir, sources[run_dir])
-                train(cell.config)
+    if not is_rank_zero():  # other DDP ranks train the same tasks in rank 0's order; rank 0 alone reports
+        Sequential().run(cell_waves(grid_plan(config, out, chosen_settings(out))), out / "launch")
         return ""
     if dry_run:
         plan = describe_plan(grid_plan(config, out, chosen_settings(out)), launcher, out)
@@ -290,12 +283,12 @@ class CellTask:
 
     def __call__(self) -> None:
         cell = Cell(build_config(self.config, f"grid cell {self.name}"), self.axes)
-        for other in (self.source, self.twin):
-            if other is not None and not RunDir(other).metrics.exists():
-                raise UserError(f"{cell.config.out}: waits for {other}, which has not finished")
         if is_rank_zero():
+            for other in (self.source, self.twin):
+                if other is not None and not RunDir(other).metrics.exists():
+                    raise UserError(f"{cell.config.out}: waits for {other}, which has not finished")
             run_cell(cell, self.source, self.twin)
-        elif self.twin is None:  # a DDP rank of a SLURM task: rank 0 reads, copies and reports
+        elif self.twin is None:  # another DDP rank (torchrun, a SLURM task): rank 0 reads, copies and reports
             if self.source is not None:
                 share_pretraining(Path(cell.config.out), self.source)
             train(cell.config)

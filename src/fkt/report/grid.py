@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fkt.io import atomic_write_text
 from fkt.report.axes import axes_of, frozen
 from fkt.report.embedding import embedding_plot
 from fkt.report.figures import grid_figures
@@ -23,11 +22,9 @@ def write_grid_report(out: Path, runs: list[dict], run_dirs: list[Path]) -> str:
     """Every file of the report under `out`; returns results.md's Markdown."""
     grid_figures(out, runs, run_dirs)
     cams_and_embeddings(out, runs, run_dirs)
-    markdown = write_results(out, runs)
-    tuning = tuning_markdown(out, {Path(run_dir).parent.parent for run_dir in run_dirs})  # grid.tune's section
-    if tuning:  # in results.md too, and its figures in figures/ before the page lists them
-        markdown += tuning
-        atomic_write_text(Path(out) / "results.md", markdown)
+    # grid.tune's section, in results.md too; its figures go into figures/ before the page lists them
+    tuning = tuning_markdown(out, {Path(run_dir).parent.parent for run_dir in run_dirs})
+    markdown = write_results(out, runs, tuning)
     write_report(out, markdown, verdicts_markdown(runs))
     return markdown
 

@@ -252,8 +252,9 @@ def warnings_note(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(out: Path, runs: list[dict]) -> str:
-    """results.csv and results.md under `out`; returns the Markdown."""
+def write_results(out: Path, runs: list[dict], extra: str = "") -> str:
+    """results.csv and results.md under `out` (`extra`, a section of the caller's, at its end); returns
+    the Markdown."""
     rows = [flat_row(r) for r in runs]
     fields = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()
@@ -270,5 +271,6 @@ def write_results(out: Path, runs: list[dict]) -> str:
         significance = significance_table(runs, metric)
         if significance:
             markdown += f"\n## Paired differences in {heading}\n\n" + significance
+    markdown += extra
     atomic_write_text(Path(out) / "results.md", markdown)
     return markdown
